@@ -7,7 +7,7 @@ Docs: https://llmlite.github.io/llmlite/all.html.md"""
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/99_all.ipynb #c26b3d52
+# %% ../nbs/99_all.ipynb #8a76ae20
 from .core import *
 from .attention import *
 from .models import *
@@ -16,6 +16,6 @@ from .checkpoints import *
 from .generate import *
 from .cli import *
 
-# %% ../nbs/99_all.ipynb #b205e807
+# %% ../nbs/99_all.ipynb #6e76ea21
 import importlib as _il
 __all__ = [n for m in ('core', 'attention', 'models', 'tokenizer', 'checkpoints', 'generate', 'cli') for n in _il.import_module(f'llmlite.{m}').__all__]

@@ -5,6 +5,7 @@ import gguf, numpy as np, pytest
 from tokenizers import Tokenizer as TkTokenizer, decoders, models, pre_tokenizers, processors, trainers
 from llmlite.core import LLMLiteError
 from llmlite.tokenizer import Tokenizer, chatml_template, gguf_pre_splits
+from llmlite.checkpoints import GGUFFile
 
 warnings.filterwarnings('ignore', message='.*(PyTorch|TensorFlow|Flax).*')
 transformers = pytest.importorskip('transformers')
@@ -30,7 +31,7 @@ def smol_path():
     return next(Path(spec.submodule_search_locations[0]).glob('*.gguf'))
 
 @pytest.fixture(scope='module')
-def smol(smol_path): return Tokenizer.from_gguf(gguf.GGUFReader(smol_path))
+def smol(smol_path): return Tokenizer.from_gguf(smol_path)
 
 @pytest.fixture(scope='module')
 def smol_ref(smol_path): return AutoTokenizer.from_pretrained(smol_path.parent, gguf_file=smol_path.name)
@@ -77,8 +78,7 @@ def test_pre_split_regexes_match_transformers():
 
 # A byte-level GGUF with a Llama 3 style pre-tokenizer: reuse SmolLM2's vocabulary under other `pre` names.
 def _bpe_gguf(path, src:Path, pre:str, add_bos=True):
-    r = gguf.GGUFReader(src)
-    g = lambda k: r.fields[k].contents()
+    g = GGUFFile(src).meta.get
     w = gguf.GGUFWriter(str(path), 'llama')
     w.add_tokenizer_model('gpt2'); w.add_tokenizer_pre(pre)
     w.add_token_list(g('tokenizer.ggml.tokens')); w.add_token_types(g('tokenizer.ggml.token_type')); w.add_token_merges(g('tokenizer.ggml.merges'))
@@ -118,7 +118,7 @@ SPM_TEXT = ['the cat is on the mat', ' hello  world', 'héllo 😀\nthe    world
 @pytest.mark.parametrize('kw', [{}, dict(add_bos_token=False), dict(add_eos_token=True)])
 def test_spm_gguf_matches_transformers(tmp_path, kw):
     p = _spm_gguf(tmp_path/'spm.gguf', **kw)
-    ours, ref = Tokenizer.from_gguf(gguf.GGUFReader(p)), AutoTokenizer.from_pretrained(tmp_path, gguf_file=p.name)
+    ours, ref = Tokenizer.from_gguf(p), AutoTokenizer.from_pretrained(tmp_path, gguf_file=p.name)
     for s in SPM_TEXT:
         assert ours.encode(s) == ref(s)['input_ids'], s
         assert ours.encode(s, special=False) == ref(s, add_special_tokens=False)['input_ids'], s
