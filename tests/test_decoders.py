@@ -2,7 +2,7 @@
 import json, subprocess, sys
 import pytest, torch, transformers
 from llmlite.checkpoints import load, save_model
-from llmlite.generate import generate_ids, generate, make_prefix, save_prefix, load_prefix
+from llmlite.generate import generate_ids, generate, stream, make_prefix, save_prefix, load_prefix
 
 tiny = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=128)
@@ -93,3 +93,16 @@ def test_cli_generate(smol_path):
     assert r.stdout.strip()
     r = subprocess.run([sys.executable, '-c', 'from llmlite.cli import main; main()', 'generate', '--model', '/nonexistent/x.gguf'], capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and '/nonexistent/x.gguf' in r.stderr
+
+def test_stream_batch_and_stops(smol):
+    model, tok = smol
+    a = [dict(role='user', content='List three fruits, one per line.')]
+    b = 'The history of the bicycle'
+    full = generate(model, tok, a, max_new_tokens=24)
+    assert ''.join(stream(model, tok, a, max_new_tokens=24)) == full
+    assert generate(model, tok, [a, b], max_new_tokens=24) == [full, generate(model, tok, b, max_new_tokens=24)]
+    cut = full.split('\n')[0]
+    assert generate(model, tok, a, max_new_tokens=24, stop='\n') == cut
+    assert ''.join(stream(model, tok, a, max_new_tokens=24, stop='\n')) == cut
+    s1 = generate(model, tok, b, max_new_tokens=20, temperature=0.8, top_p=0.9, seed=1)
+    assert s1 == generate(model, tok, b, max_new_tokens=20, temperature=0.8, top_p=0.9, seed=1)
