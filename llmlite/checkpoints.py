@@ -7,17 +7,20 @@ Docs: https://llmlite.github.io/llmlite/checkpoints.html.md"""
 # %% ../nbs/05_checkpoints.ipynb #9fcbb303
 from __future__ import annotations
 import json, os, re, struct, tempfile
+from collections import defaultdict
 from pathlib import Path
-import numpy as np, torch, torch.nn as nn
+import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 from .core import LLMLiteError, check, default_device, default_dtype, as_dtype
 from .models import Config, Decoder, config_from_hf, config_to_hf
 from .tokenizer import Tokenizer
+from .quant import QLinear, quantize_linear, qtensor_from_state, is_skipped, METHODS, GROUP_SIZES
 
 # %% auto #0
-__all__ = ['hf_names', 'gguf_names', 'gguf_archs', 'KeyMap', 'hf_keymap', 'place', 'finish', 'load_hf_dir', 'unpermute',
-           'GGUFFile', 'gguf_config', 'load_gguf', 'resolve', 'load', 'atomic_write', 'save_model']
+__all__ = ['hf_names', 'gguf_names', 'gguf_archs', 'KeyMap', 'hf_keymap', 'place', 'finish', 'stream_into', 'quant_spec',
+           'load_hf_dir', 'unpermute', 'GGUFFile', 'gguf_config', 'load_gguf', 'resolve', 'load', 'atomic_write',
+           'quant_config', 'save_model']
 
 # %% ../nbs/05_checkpoints.ipynb #31848c43
 hf_names = {
@@ -78,6 +81,38 @@ def finish(model:nn.Module, src:str=''):
     return model.eval()
 
 # %% ../nbs/05_checkpoints.ipynb #b80c832d
+_pname = re.compile(r'(.+?)\.(weight|bias)(\..+)?$')
+
+def _quantize_done(model, path:str, quant:dict):
+    "Replace linear `path` by a quantized one once all its parameters are loaded (and it is not skipped)."
+    m = model.get_submodule(path)
+    if type(m) is nn.Linear and not is_skipped(path, quant.get('skip', ('head',))) and not any(p.is_meta for p in m.parameters()):
+        kw = {k: v for k, v in quant.items() if k != 'skip'}
+        model.set_submodule(path, quantize_linear(m.weight, m.bias, name=f"{path}.weight", **kw))
+
+def stream_into(model, items, dtype, device, quant:dict|None=None, stored=()):
+    "Place each `(source, name, tensor)` of `items` into `model`; quantize linears as they complete, rebuild the `stored` quantized ones."
+    held = defaultdict(dict)
+    for src, name, t in items:
+        m = _pname.match(name)
+        if m and m[1] in stored: held[m[1]][name[len(m[1]) + 1:]] = t; continue
+        place(model, name, t.to(device, dtype) if t.is_floating_point() else t.to(device), src)
+        if quant and m: _quantize_done(model, m[1], quant)
+    for path, sd in held.items():
+        w = qtensor_from_state({k: v for k, v in sd.items() if k.startswith('weight')}, name=f"{path}.weight")
+        b = sd.get('bias')
+        model.set_submodule(path, QLinear(w.to(device=device, dtype=dtype), None if b is None else b.to(device, dtype)))
+    return model
+
+def quant_spec(quant, bits:int=4, group_size:int=64, skip=('head',)) -> dict|None:
+    "The quantization settings `load` passes on: None, or a dict for `quantize_linear`."
+    if quant is None: return None
+    check(quant in METHODS, f"quant={quant!r}: use one of {list(METHODS)} or None")
+    check(bits in METHODS[quant], f"bits={bits}: {quant} supports bits in {sorted(METHODS[quant])}")
+    check(group_size in GROUP_SIZES, f"group_size={group_size}: use one of {GROUP_SIZES}")
+    return dict(method=quant, bits=bits, group_size=group_size, skip=skip)
+
+# %% ../nbs/05_checkpoints.ipynb #c207fe28
 def _read_json(p:Path) -> dict:
     check(p.exists(), f"{p}: file not found")
     try: return json.loads(p.read_text())
@@ -94,40 +129,48 @@ def _safetensors_files(d:Path) -> list:
     raise LLMLiteError(f"{d}: no model.safetensors or model.safetensors.index.json"
                        + (f" (found {', '.join(pickles)}: pickle files are never loaded; convert them to safetensors)" if pickles else ""))
 
-def _stream_safetensors(files):
-    "Yield (file, name, tensor) for every tensor of `files`, one tensor in memory at a time."
-    for f in files:
-        check(f.exists(), f"{f}: file not found")
-        try:
-            with safe_open(f, 'pt', device='cpu') as sf:
-                for k in sf.keys(): yield f, k, sf.get_tensor(k)
-        except LLMLiteError: raise
-        except Exception as e: raise LLMLiteError(f"{f}: not a readable safetensors file ({type(e).__name__}: {e})") from None
+def _open(f):
+    check(f.exists(), f"{f}: file not found")
+    try: return safe_open(f, 'pt', device='cpu')
+    except Exception as e: raise LLMLiteError(f"{f}: not a readable safetensors file ({type(e).__name__}: {e})") from None
 
-def load_hf_dir(d, dtype=None, device=None):
+def _stream_safetensors(files, km, skip=()):
+    "Yield (file, our name, tensor) for every tensor of `files`, one tensor in memory at a time."
+    for f in files:
+        with _open(f) as sf:
+            for k in sf.keys():
+                name = km.inv(k)
+                if name in skip or k.endswith('rotary_emb.inv_freq'): continue
+                check(name is not None, f"{f}: unexpected tensor {k!r}")
+                try: t = sf.get_tensor(k)
+                except Exception as e: raise LLMLiteError(f"{f}: tensor {k!r} cannot be read ({type(e).__name__}: {e})") from None
+                yield str(f), name, t
+
+def load_hf_dir(d, dtype=None, device=None, quant:dict|None=None):
     "Load a Hugging Face checkpoint directory into a `Decoder` (and its `Tokenizer`, or None when it has none)."
     d = Path(d)
-    cfg = config_from_hf(_read_json(d/'config.json'), str(d/'config.json'))
-    files = _safetensors_files(d)
+    hc = _read_json(d/'config.json')
+    cfg = config_from_hf(hc, str(d/'config.json'))
+    qc = hc.get('quantization_config')
+    if qc: check(qc.get('quant_method') in ('bitsandbytes', 'llmlite') and not qc.get('load_in_8bit'),
+                 f"{d/'config.json'}: quantization_config {qc.get('quant_method')!r} is not supported (bitsandbytes 4-bit and llmlite only)")
+    files, km = _safetensors_files(d), hf_keymap(cfg)
     with torch.device('meta'): model = Decoder(cfg)
-    km = hf_keymap(cfg)
-    for f, k, t in _stream_safetensors(files):
-        name = km.inv(k)
-        if name is None:
-            if k.endswith('rotary_emb.inv_freq'): continue
-            raise LLMLiteError(f"{f}: unexpected tensor {k!r} for a {cfg.arch} model")
-        if name == 'head.weight' and cfg.tie_embeddings: continue
-        place(model, name, t.to(device, dtype), str(f))
+    stored = set()
+    for f in files:
+        with _open(f) as sf: stored |= {km.inv(k.split('.weight.quant_state.')[0]) for k in sf.keys() if '.weight.quant_state.' in k}
+    items = _stream_safetensors(files, km, skip={'head.weight'} if cfg.tie_embeddings else set())
+    stream_into(model, items, dtype, device, quant, stored)
     tok = Tokenizer.from_dir(d) if (d/'tokenizer.json').exists() else None
     return finish(model, str(d)), tok
 
-# %% ../nbs/05_checkpoints.ipynb #c207fe28
+# %% ../nbs/05_checkpoints.ipynb #5f4bfb2b
 def unpermute(w, n_heads:int):
     "Undo llama.cpp's Q/K row permutation for `n_heads` heads."
     s = w.shape
     return w.reshape(n_heads, s[0] // n_heads // 2, 2, *s[1:]).swapaxes(1, 2).reshape(s)
 
-# %% ../nbs/05_checkpoints.ipynb #b0a61e5b
+# %% ../nbs/05_checkpoints.ipynb #995747cf
 _scalars = {0: '<B', 1: '<b', 2: '<H', 3: '<h', 4: '<I', 5: '<i', 6: '<f', 7: '<?', 10: '<Q', 11: '<q', 12: '<d'}
 
 class GGUFFile:
@@ -192,7 +235,7 @@ class GGUFFile:
         else: a = gguf.quants.dequantize(raw.reshape(-1, shape[-1] // bs * ts), q)
         return torch.from_numpy(np.array(a, dtype=np.float32).reshape(shape))
 
-# %% ../nbs/05_checkpoints.ipynb #0c610a4f
+# %% ../nbs/05_checkpoints.ipynb #31353833
 gguf_archs = {'llama': 'llama', 'mistral': 'mistral', 'qwen2': 'qwen2'}
 
 def gguf_config(g:GGUFFile) -> Config:
@@ -210,24 +253,28 @@ def gguf_config(g:GGUFFile) -> Config:
                   rope_base=f('rope.freq_base', 10000.), max_seq_len=f('context_length', 4096), window=f('attention.sliding_window', 0) or None,
                   qkv_bias='blk.0.attn_q.bias' in g.tensors, tie_embeddings='output.weight' not in g.tensors, name=m.get('general.name', ''))
 
-def load_gguf(path, dtype=None, device=None):
+def _gguf_items(g:GGUFFile, cfg:Config):
+    "Yield (file, our name, dequantized tensor) for every tensor of GGUF file `g`."
+    km = KeyMap(gguf_names)
+    for t in g.tensors:
+        name = km.inv(t)
+        check(name is not None, f"{g.path}: unexpected tensor {t!r} for a {cfg.arch} model")
+        try: w = g.get(t)
+        except Exception as e: raise LLMLiteError(f"{g.path}: tensor {t!r} cannot be dequantized ({type(e).__name__}: {e})") from None
+        if cfg.arch == 'llama' and name.endswith(('attn.wq.weight', 'attn.wk.weight')):
+            w = unpermute(w, cfg.n_heads if '.wq.' in name else cfg.n_kv_heads)
+        yield str(g.path), name, w
+
+def load_gguf(path, dtype=None, device=None, quant:dict|None=None):
     "Load a GGUF file into a `Decoder` and its `Tokenizer` (None when the file carries none)."
     g = GGUFFile(path)
     cfg = gguf_config(g)
     with torch.device('meta'): model = Decoder(cfg)
-    km = KeyMap(gguf_names)
-    for t in g.tensors:
-        name = km.inv(t)
-        if name is None: raise LLMLiteError(f"{path}: unexpected tensor {t!r} for a {cfg.arch} model")
-        try: w = g.get(t)
-        except Exception as e: raise LLMLiteError(f"{path}: tensor {t!r} cannot be dequantized ({type(e).__name__}: {e})") from None
-        if cfg.arch == 'llama' and name.endswith(('attn.wq.weight', 'attn.wk.weight')):
-            w = unpermute(w, cfg.n_heads if '.wq.' in name else cfg.n_kv_heads)
-        place(model, name, w.to(device, dtype), str(path))
+    stream_into(model, _gguf_items(g, cfg), dtype, device, quant)
     tok = Tokenizer.from_gguf(g) if 'tokenizer.ggml.tokens' in g.meta else None
     return finish(model, str(path)), tok
 
-# %% ../nbs/05_checkpoints.ipynb #31353833
+# %% ../nbs/05_checkpoints.ipynb #46e9cfbd
 def resolve(src) -> Path:
     "A local path for `src`: an existing file or directory, else a hub id looked up in the Hugging Face cache."
     p = Path(src).expanduser()
@@ -243,15 +290,18 @@ def resolve(src) -> Path:
     raise LLMLiteError(f"{src}: not a local path and not found in the Hugging Face cache ({type(err).__name__}); "
                        "download it with `huggingface-cli download` where a network exists") from None
 
-def load(src, dtype=None, device=None):
+def load(src, dtype=None, device=None,
+         quant:str|None=None, # quantize linear layers while loading: 'nf4', 'hqq' or None
+         bits:int=4, group_size:int=64, # quantization bits (HQQ: 2, 3, 4, 8) and group size
+         skip=('head',)): # linear layers (names or regexes) left unquantized
     "Load a model and tokenizer from a Hugging Face directory, a GGUF file or a hub id: returns `(model, tok)`."
     device = torch.device(device or default_device())
     dtype = as_dtype(dtype) or default_dtype(device)
-    p = resolve(src)
-    if p.is_file() or p.suffix == '.gguf': return load_gguf(p, dtype, device)
-    return load_hf_dir(p, dtype, device)
+    p, q = resolve(src), quant_spec(quant, bits, group_size, skip)
+    if p.is_file() or p.suffix == '.gguf': return load_gguf(p, dtype, device, q)
+    return load_hf_dir(p, dtype, device, q)
 
-# %% ../nbs/05_checkpoints.ipynb #46e9cfbd
+# %% ../nbs/05_checkpoints.ipynb #cdd87498
 def atomic_write(path, write):
     "Call `write(tmp_path)`, then rename the temporary file to `path` (atomic on POSIX)."
     path = Path(path)
@@ -261,12 +311,27 @@ def atomic_write(path, write):
     finally:
         if os.path.exists(tmp): os.remove(tmp)
 
+def quant_config(model, km) -> dict|None:
+    "The `quantization_config` of config.json for a model with quantized linears (None when it has none)."
+    q = [m.weight for m in model.modules() if isinstance(m, QLinear)]
+    if not q: return None
+    dense = [km(n) for n, m in model.named_modules() if type(m) is nn.Linear]
+    if all(w.method == 'nf4' for w in q):
+        return dict(quant_method='bitsandbytes', load_in_4bit=True, load_in_8bit=False, bnb_4bit_quant_type='nf4',
+                    bnb_4bit_use_double_quant='nested_absmax' in q[0].names, bnb_4bit_compute_dtype=str(q[0].dtype).removeprefix('torch.'),
+                    bnb_4bit_quant_storage='uint8', llm_int8_skip_modules=dense)
+    return dict(quant_method='llmlite', methods=sorted({f"{w.method}{w.bits}" for w in q}), skip_modules=dense)
+
 def save_model(model, d, tok:Tokenizer|None=None, max_shard:int=5 * 2**30):
-    "Write `model` (and `tok`) as a Hugging Face directory `d` that transformers loads."
+    "Write `model` (and `tok`) as a Hugging Face directory `d` that transformers loads (NF4 layers as bitsandbytes-4bit)."
     d = Path(d); d.mkdir(parents=True, exist_ok=True)
     cfg, km = model.cfg, hf_keymap(model.cfg)
-    sd = {km(k): v.detach().contiguous() for k, v in model.state_dict().items() if not (cfg.tie_embeddings and k == 'head.weight')}
-    dtype = next(iter(sd.values())).dtype
+    sd, seen = {}, set()
+    for k, v in model.state_dict().items():
+        if cfg.tie_embeddings and k == 'head.weight': continue
+        v = v.detach().contiguous()
+        if v.data_ptr() in seen: v = v.clone()    # shared tensors (a quant map) are stored once per layer
+        seen.add(v.data_ptr()); sd[km(k)] = v
     shards, cur, size = [], {}, 0
     for k, v in sd.items():
         n = v.numel() * v.element_size()
@@ -279,6 +344,8 @@ def save_model(model, d, tok:Tokenizer|None=None, max_shard:int=5 * 2**30):
         idx = dict(metadata=dict(total_size=sum(v.numel() * v.element_size() for v in sd.values())),
                    weight_map={k: nm for nm, sh in zip(names, shards) for k in sh})
         atomic_write(d/'model.safetensors.index.json', lambda p: Path(p).write_text(json.dumps(idx, indent=2)))
-    atomic_write(d/'config.json', lambda p: Path(p).write_text(json.dumps(config_to_hf(cfg, dtype), indent=2)))
+    hc = config_to_hf(cfg, model.emb.weight.dtype)
+    if qc := quant_config(model, km): hc['quantization_config'] = qc
+    atomic_write(d/'config.json', lambda p: Path(p).write_text(json.dumps(hc, indent=2)))
     if tok is not None: tok.save(d)
     return d
