@@ -9,13 +9,16 @@ __all__ = []
 
 # %% ../nbs/99_all.ipynb #8a76ae20
 from .core import *
+from .quant import *
 from .attention import *
 from .models import *
 from .tokenizer import *
 from .checkpoints import *
+from .data import *
 from .generate import *
+from .eval import *
 from .cli import *
 
 # %% ../nbs/99_all.ipynb #6e76ea21
 import importlib as _il
-__all__ = [n for m in ('core', 'attention', 'models', 'tokenizer', 'checkpoints', 'generate', 'cli') for n in _il.import_module(f'llmlite.{m}').__all__]
+__all__ = [n for m in ('core', 'quant', 'attention', 'models', 'tokenizer', 'checkpoints', 'data', 'generate', 'eval', 'cli') for n in _il.import_module(f'llmlite.{m}').__all__]
