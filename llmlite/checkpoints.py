@@ -6,11 +6,10 @@ Docs: https://llmlite.github.io/llmlite/checkpoints.html.md"""
 
 # %% ../nbs/05_checkpoints.ipynb #9fcbb303
 from __future__ import annotations
-import json, os, re, struct, tempfile
+import json, math, os, re, struct, tempfile
 from collections import defaultdict
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
-from safetensors import safe_open
 from safetensors.torch import save_file
 from .core import LLMLiteError, check, default_device, default_dtype, as_dtype
 from .models import Config, Decoder, config_from_hf, config_to_hf
@@ -19,8 +18,8 @@ from .quant import QLinear, quantize_linear, qtensor_from_state, is_skipped, MET
 
 # %% auto #0
 __all__ = ['hf_names', 'gguf_names', 'gguf_archs', 'KeyMap', 'hf_keymap', 'place', 'finish', 'stream_into', 'quant_spec',
-           'load_hf_dir', 'unpermute', 'GGUFFile', 'gguf_config', 'load_gguf', 'resolve', 'load', 'atomic_write',
-           'quant_config', 'save_model']
+           'SafetensorsFile', 'load_hf_dir', 'unpermute', 'GGUFFile', 'gguf_config', 'load_gguf', 'resolve', 'load',
+           'atomic_write', 'quant_config', 'save_model']
 
 # %% ../nbs/05_checkpoints.ipynb #31848c43
 hf_names = {
@@ -129,22 +128,46 @@ def _safetensors_files(d:Path) -> list:
     raise LLMLiteError(f"{d}: no model.safetensors or model.safetensors.index.json"
                        + (f" (found {', '.join(pickles)}: pickle files are never loaded; convert them to safetensors)" if pickles else ""))
 
-def _open(f):
-    check(f.exists(), f"{f}: file not found")
-    try: return safe_open(f, 'pt', device='cpu')
-    except Exception as e: raise LLMLiteError(f"{f}: not a readable safetensors file ({type(e).__name__}: {e})") from None
+_st_dtypes = dict(F64=torch.float64, F32=torch.float32, F16=torch.float16, BF16=torch.bfloat16, I64=torch.int64, I32=torch.int32,
+                  I16=torch.int16, I8=torch.int8, U8=torch.uint8, BOOL=torch.bool, F8_E4M3=torch.float8_e4m3fn, F8_E5M2=torch.float8_e5m2)
+
+class SafetensorsFile:
+    "Header of a safetensors file, checked against the file size; tensors are read into fresh memory one at a time."
+    def __init__(self, path):
+        self.path = p = Path(path)
+        check(p.exists(), f"{p}: file not found")
+        size = p.stat().st_size
+        with open(p, 'rb') as f:
+            raw = f.read(8)
+            n = struct.unpack('<Q', raw)[0] if len(raw) == 8 else -1
+            check(0 < n and 8 + n <= size, f"{p}: not a readable safetensors file (no valid header)")
+            try: hdr = json.loads(f.read(n))
+            except Exception as e: raise LLMLiteError(f"{p}: not a readable safetensors file (header is not JSON: {e})") from None
+        self.meta, self.start, self.tensors = hdr.pop('__metadata__', None) or {}, 8 + n, hdr
+        for k, v in hdr.items():
+            dt = _st_dtypes.get(v.get('dtype'))
+            check(dt is not None, f"{p}: tensor {k!r} has unsupported dtype {v.get('dtype')!r}")
+            b, e = v['data_offsets']
+            check(e - b == math.prod(v['shape']) * dt.itemsize, f"{p}: tensor {k!r} holds {e - b} bytes, its shape {v['shape']} needs {math.prod(v['shape']) * dt.itemsize}")
+            check(self.start + e <= size, f"{p}: truncated: tensor {k!r} ends at byte {self.start + e}, the file has {size}")
+
+    def items(self):
+        "Yield (name, tensor) in file order, each read from disk into its own memory (no memory map kept alive)."
+        with open(self.path, 'rb') as f:
+            for k, v in sorted(self.tensors.items(), key=lambda kv: kv[1]['data_offsets'][0]):
+                t = torch.empty(v['shape'], dtype=_st_dtypes[v['dtype']])
+                f.seek(self.start + v['data_offsets'][0])
+                f.readinto(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+                yield k, t
 
 def _stream_safetensors(files, km, skip=()):
     "Yield (file, our name, tensor) for every tensor of `files`, one tensor in memory at a time."
     for f in files:
-        with _open(f) as sf:
-            for k in sf.keys():
-                name = km.inv(k)
-                if name in skip or k.endswith('rotary_emb.inv_freq'): continue
-                check(name is not None, f"{f}: unexpected tensor {k!r}")
-                try: t = sf.get_tensor(k)
-                except Exception as e: raise LLMLiteError(f"{f}: tensor {k!r} cannot be read ({type(e).__name__}: {e})") from None
-                yield str(f), name, t
+        for k, t in SafetensorsFile(f).items():
+            name = km.inv(k)
+            if name in skip or k.endswith('rotary_emb.inv_freq'): continue
+            check(name is not None, f"{f}: unexpected tensor {k!r}")
+            yield str(f), name, t
 
 def load_hf_dir(d, dtype=None, device=None, quant:dict|None=None):
     "Load a Hugging Face checkpoint directory into a `Decoder` (and its `Tokenizer`, or None when it has none)."
@@ -157,8 +180,7 @@ def load_hf_dir(d, dtype=None, device=None, quant:dict|None=None):
     files, km = _safetensors_files(d), hf_keymap(cfg)
     with torch.device('meta'): model = Decoder(cfg)
     stored = set()
-    for f in files:
-        with _open(f) as sf: stored |= {km.inv(k.split('.weight.quant_state.')[0]) for k in sf.keys() if '.weight.quant_state.' in k}
+    for f in files: stored |= {km.inv(k.split('.weight.quant_state.')[0]) for k in SafetensorsFile(f).tensors if '.weight.quant_state.' in k}
     items = _stream_safetensors(files, km, skip={'head.weight'} if cfg.tie_embeddings else set())
     stream_into(model, items, dtype, device, quant, stored)
     tok = Tokenizer.from_dir(d) if (d/'tokenizer.json').exists() else None
