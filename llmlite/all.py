@@ -10,6 +10,7 @@ __all__ = []
 # %% ../nbs/99_all.ipynb #8a76ae20
 from .core import *
 from .quant import *
+from .adapters import *
 from .attention import *
 from .models import *
 from .tokenizer import *
@@ -21,4 +22,4 @@ from .cli import *
 
 # %% ../nbs/99_all.ipynb #6e76ea21
 import importlib as _il
-__all__ = [n for m in ('core', 'quant', 'attention', 'models', 'tokenizer', 'checkpoints', 'data', 'generate', 'eval', 'cli') for n in _il.import_module(f'llmlite.{m}').__all__]
+__all__ = [n for m in ('core', 'quant', 'adapters', 'attention', 'models', 'tokenizer', 'checkpoints', 'data', 'generate', 'eval', 'cli') for n in _il.import_module(f'llmlite.{m}').__all__]

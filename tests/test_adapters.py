@@ -1,0 +1,197 @@
+"Interop of llmlite.adapters with transformers + PEFT (both directions, LoRA and DoRA), merging, disabling, QLoRA training, bad input."
+import copy, json, os, pytest, torch, torch.nn as nn, torch.nn.functional as F
+import transformers, peft
+from llmlite.core import LLMLiteError
+from llmlite.checkpoints import load, hf_keymap
+from llmlite.quant import QLinear, quantize, quantize_linear
+from llmlite.adapters import (AdapterConfig, AdapterLinear, add_adapters, adapter_layers, adapter_names, dense_weight, delete_adapter,
+                              disable_adapters, load_adapter, merge_adapters, save_adapter, set_adapter, trainable_params, unload_adapters)
+
+IDS = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
+# (kind, rslora, llmlite targets, the same layers as PEFT target_modules)
+CASES = [('lora', False, 'all-linear', 'all-linear'), ('dora', False, 'all-linear', 'all-linear'),
+         ('lora', True, ['wq', 'wv'], ['q_proj', 'v_proj']), ('dora', True, ['blocks.0.attn.wq', 'down'], ['model.layers.0.self_attn.q_proj', 'down_proj'])]
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    "A tiny random Llama made and saved by transformers (weights large enough that adapters move the logits)."
+    d = tmp_path_factory.mktemp('tiny_llama')
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                   intermediate_size=128, max_position_embeddings=128, initializer_range=0.1, tie_word_embeddings=False)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(d)
+    return d
+
+def hf_model(d): return transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+def our_model(d): return load(d, dtype='fp32', device='cpu')[0]
+
+def randomize(params, seed=0, std=0.2):
+    "Overwrite adapter tensors with non-zero values (magnitudes perturbed around their initial row norms)."
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in params:
+            if 'magnitude' in n: p.mul_(1 + 0.2 * torch.randn(p.shape, generator=g))
+            else: p.copy_(torch.randn(p.shape, generator=g) * std)
+
+def adapter_params(model): return [(n, p) for n, p in model.named_parameters() if 'lora' in n or 'magnitude' in n]
+
+@pytest.mark.parametrize('kind,rslora,targets,hf_targets', CASES)
+def test_ours_loads_in_peft(tiny, tmp_path, kind, rslora, targets, hf_targets):
+    model = add_adapters(our_model(tiny), kind, r=4, alpha=8, dropout=0.1, targets=targets, rslora=rslora)
+    randomize(adapter_params(model))
+    save_adapter(model, tmp_path)
+    conf = json.loads((tmp_path/'adapter_config.json').read_text())
+    assert conf['use_dora'] == (kind == 'dora') and conf['use_rslora'] == rslora
+    if targets == ['wq', 'wv']: assert conf['target_modules'] == ['q_proj', 'v_proj']
+    assert not [p for p in os.listdir(tmp_path) if p.endswith('.tmp')]
+    pm = peft.PeftModel.from_pretrained(hf_model(tiny), tmp_path).eval()
+    with torch.no_grad():
+        ours, theirs = model(IDS), pm(IDS).logits
+        with disable_adapters(model): base = model(IDS)
+    assert (ours - base).abs().max() > 1e-2  # the adapter matters
+    assert (ours - theirs).abs().max() < 1e-4
+
+@pytest.mark.parametrize('kind,rslora,targets,hf_targets', CASES)
+def test_peft_loads_in_ours(tiny, tmp_path, kind, rslora, targets, hf_targets):
+    pm = peft.get_peft_model(hf_model(tiny), peft.LoraConfig(r=4, lora_alpha=8, use_dora=kind == 'dora', use_rslora=rslora,
+                                                             target_modules=hf_targets, init_lora_weights=False))
+    randomize(adapter_params(pm), seed=1)
+    assert all(p.abs().sum() > 0 for n, p in adapter_params(pm) if 'lora_B' in n)
+    pm.eval().save_pretrained(tmp_path)
+    model = load_adapter(our_model(tiny), tmp_path, name='peft')
+    with torch.no_grad(): ours, theirs = model(IDS), pm(IDS).logits
+    assert (ours - theirs).abs().max() < 1e-4
+    assert adapter_names(model) == ['peft'] and all(m.cfgs['peft'].kind == kind for m in adapter_layers(model).values())
+
+@pytest.mark.parametrize('kind', ['lora', 'dora'])
+@pytest.mark.parametrize('quant', [None, 'nf4', 'hqq'])
+def test_merge_and_disable(tiny, kind, quant):
+    model = our_model(tiny)
+    if quant: quantize(model, quant)
+    with torch.no_grad(): base = model(IDS)
+    add_adapters(model, kind, r=8, rslora=True)
+    randomize(adapter_params(model), std=0.05)
+    with torch.no_grad():
+        unmerged = model(IDS)
+        with disable_adapters(model): assert torch.equal(model(IDS), base)
+        assert (unmerged - base).abs().max() > 1e-2
+        merged = copy.deepcopy(model)
+        rep = merge_adapters(merged)
+        assert rep['layers'] == 14 and not adapter_layers(merged) and not any(isinstance(m, QLinear) for m in merged.modules())
+        assert (merged(IDS) - unmerged).abs().max() < 1e-5
+        if quant:
+            rq = copy.deepcopy(model)
+            rep = merge_adapters(rq, requantize=True)
+            assert sum(isinstance(m, QLinear) for m in rq.modules()) == 14
+            assert 0 < rep['mean_abs_err'] <= rep['max_abs_err'] < 1
+
+def test_merge_exports_dense_hf_dir(tiny, tmp_path):
+    from llmlite.checkpoints import save_model
+    model = add_adapters(quantize(our_model(tiny), 'nf4'), 'dora', r=4)
+    randomize(adapter_params(model))
+    with torch.no_grad(): want = model(IDS)
+    merge_adapters(model)
+    save_model(model, tmp_path)
+    with torch.no_grad(): got = hf_model(tmp_path)(IDS).logits
+    assert (got - want).abs().max() < 1e-4
+
+def test_qlora_training_freezes_base(tiny):
+    torch.manual_seed(0)
+    model = add_adapters(quantize(our_model(tiny), 'nf4'), 'dora', r=8, dropout=0.05).train()
+    base = {k: v.clone() for k, v in model.state_dict().items() if '.base.' in k}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(('lora_' in n or '.magnitude.' in n) for n in trainable)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(6):
+        loss = F.cross_entropy(model(IDS[:, :-1]).flatten(0, 1), IDS[:, 1:].flatten())
+        loss.backward()
+        assert {n for n, p in model.named_parameters() if p.grad is not None} == trainable
+        opt.step(); opt.zero_grad(); losses.append(loss.item())
+    after = {k: v for k, v in model.state_dict().items() if '.base.' in k}
+    assert after.keys() == base.keys() and all(torch.equal(base[k], after[k]) for k in base)
+    assert losses[-1] < losses[0]
+    tp = trainable_params(model)
+    assert tp.trainable == sum(p.numel() for n, p in model.named_parameters() if n in trainable) and 0 < tp.pct < 100
+
+@pytest.mark.parametrize('bias', [True, False])
+@pytest.mark.parametrize('q', [False, True])
+def test_dora_equals_naive_reference(bias, q):
+    torch.manual_seed(0)
+    w, b = torch.randn(72, 40) * 0.1, (torch.randn(72) if bias else None)
+    base = quantize_linear(w, b) if q else nn.Linear(40, 72, bias=bias)
+    lyr = AdapterLinear(base).add('d', AdapterConfig('dora', r=6, alpha=12, rslora=True))
+    lyr.active = 'd'
+    randomize(adapter_params(lyr))
+    A, B, m, s = lyr.lora_a['d'], lyr.lora_b['d'], lyr.magnitude['d'], 12 / 6 ** 0.5
+    x1 = torch.randn(2, 7, 40, requires_grad=True); x2 = x1.detach().clone().requires_grad_()
+    wd = dense_weight(base)
+    wp = wd + s * B @ A   # the naive way: a dense delta and explicit norms
+    y2 = (m / wp.norm(dim=1).detach()) * (x2 @ wp.t()) + (0 if base.bias is None else base.bias)
+    y1 = lyr(x1)
+    assert (y1 - y2).abs().max() < 1e-5
+    gy = torch.randn_like(y1)
+    for u, v in zip(torch.autograd.grad(y1, [x1, A, B, m], gy), torch.autograd.grad(y2, [x2, A, B, m], gy)):
+        assert (u - v).abs().max() < 1e-4 * max(1, v.abs().max())
+
+def test_several_adapters(tiny, tmp_path):
+    model = our_model(tiny)
+    with torch.no_grad(): base = model(IDS)
+    add_adapters(model, 'lora', r=4, targets=['wq', 'wv'], name='a')
+    add_adapters(model, 'dora', r=4, name='b')
+    randomize(adapter_params(model))
+    with torch.no_grad():
+        yb = model(IDS); set_adapter(model, 'a'); ya = model(IDS)
+    assert (ya - yb).abs().max() > 1e-2
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {n for n, _ in adapter_params(model) if n.endswith('.a')}
+    save_adapter(model, tmp_path/'b', name='b')
+    delete_adapter(model, 'b')
+    assert adapter_names(model) == ['a'] and isinstance(model.blocks[0].mlp.up, nn.Linear)
+    load_adapter(model, tmp_path/'b', name='b2')
+    with torch.no_grad(): assert (model(IDS) - yb).abs().max() < 1e-5
+    unload_adapters(model)
+    assert not adapter_layers(model)
+    with torch.no_grad(): assert torch.equal(model(IDS), base)
+
+def test_targets_and_names(tiny):
+    model = our_model(tiny)
+    with pytest.raises(LLMLiteError, match=r"target 'q_proj' matches no linear layer; the model's linear layers are named \['down', 'gate', 'head'"):
+        add_adapters(model, targets=['q_proj'])
+    with pytest.raises(LLMLiteError, match="matches no linear layer"): add_adapters(model, targets='attn_norm')
+    assert not adapter_layers(model)
+    add_adapters(model)
+    assert 'head' not in adapter_layers(model) and len(adapter_layers(model)) == 14
+    with pytest.raises(LLMLiteError, match="already has an adapter named 'default'"): add_adapters(model)
+    with pytest.raises(LLMLiteError, match="unknown adapter kind 'vera'"): add_adapters(model, 'vera', name='v')
+
+def test_bad_adapters(tiny, tmp_path):
+    model = add_adapters(our_model(tiny), 'dora', r=4)
+    save_adapter(model, tmp_path/'ok')
+    wide = transformers.LlamaConfig(vocab_size=256, hidden_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128)
+    pw = peft.get_peft_model(transformers.LlamaForCausalLM(wide), peft.LoraConfig(r=4, target_modules=['q_proj']))
+    pw.save_pretrained(tmp_path/'wide')
+    fresh = our_model(tiny)
+    with pytest.raises(LLMLiteError, match=r"model\.layers\.0\.self_attn\.q_proj\.lora_A\.weight has shape \(4, 96\), but layer 'blocks\.0\.attn\.wq' of this model has weight shape \(64, 64\)"):
+        load_adapter(fresh, tmp_path/'wide')
+    assert not adapter_layers(fresh)  # nothing half-loaded
+    conf = json.loads((tmp_path/'ok'/'adapter_config.json').read_text())
+    for extra, msg in [({'lora_sparkle': True}, r"unknown field\(s\) \['lora_sparkle'\]"), ({'fan_in_fan_out': True}, "'fan_in_fan_out' = True is not supported"),
+                       ({'peft_type': 'IA3'}, "peft_type 'IA3' is not supported"), ({'r': 0}, 'positive int')]:
+        d = tmp_path/f'bad{len(os.listdir(tmp_path))}'; d.mkdir()
+        (d/'adapter_config.json').write_text(json.dumps(conf | extra))
+        (d/'adapter_model.safetensors').write_bytes((tmp_path/'ok'/'adapter_model.safetensors').read_bytes())
+        with pytest.raises(LLMLiteError, match=msg): load_adapter(fresh, d)
+    (tmp_path/'nofile').mkdir(); (tmp_path/'nofile'/'adapter_config.json').write_text(json.dumps(conf))
+    with pytest.raises(LLMLiteError, match=r"nofile/adapter_model\.safetensors: file not found"): load_adapter(fresh, tmp_path/'nofile')
+    with pytest.raises(LLMLiteError, match=r"adapter_config\.json: file not found"): load_adapter(fresh, tmp_path/'missing')
+    (tmp_path/'nofile'/'adapter_config.json').write_text(json.dumps(conf | {'use_dora': False}))
+    (tmp_path/'nofile'/'adapter_model.safetensors').write_bytes((tmp_path/'ok'/'adapter_model.safetensors').read_bytes())
+    with pytest.raises(LLMLiteError, match=r"has tensors \['lora_a', 'lora_b', 'magnitude'\], a lora adapter needs"): load_adapter(fresh, tmp_path/'nofile')
+    assert not adapter_layers(fresh)
+
+def test_save_model_refuses_unmerged(tmp_path):
+    from llmlite.models import Config, Decoder
+    from llmlite.checkpoints import save_model
+    m = Decoder(Config(vocab_size=64, dim=32, n_layers=1, n_heads=4, hidden=64))
+    add_adapters(m, 'lora', r=2)
+    with pytest.raises(LLMLiteError, match='merge_adapters'): save_model(m, tmp_path)
