@@ -347,7 +347,7 @@ def quant_config(model, km) -> dict|None:
 def save_model(model, d, tok:Tokenizer|None=None, max_shard:int=5 * 2**30):
     "Write `model` (and `tok`) as a Hugging Face directory `d` that transformers loads (NF4 layers as bitsandbytes-4bit)."
     ad = [n for n, m in model.named_modules() if hasattr(m, 'lora_a')]
-    check(not ad, f"the model carries adapters ({ad[0]}, ...): `merge_adapters(model)` first to export a merged model, or `save_adapter(model, dir)` to save the adapter")
+    if ad: raise LLMLiteError(f"the model carries adapters ({ad[0]}, ...): `merge_adapters(model)` first to export a merged model, or `save_adapter(model, dir)` to save the adapter")
     d = Path(d); d.mkdir(parents=True, exist_ok=True)
     cfg, km = model.cfg, hf_keymap(model.cfg)
     sd, seen = {}, set()
