@@ -18,8 +18,9 @@ from .checkpoints import *
 from .data import *
 from .generate import *
 from .eval import *
+from .learner import *
 from .cli import *
 
 # %% ../nbs/99_all.ipynb #6e76ea21
 import importlib as _il
-__all__ = [n for m in ('core', 'quant', 'adapters', 'attention', 'models', 'tokenizer', 'checkpoints', 'data', 'generate', 'eval', 'cli') for n in _il.import_module(f'llmlite.{m}').__all__]
+__all__ = [n for m in ('core', 'quant', 'adapters', 'attention', 'models', 'tokenizer', 'checkpoints', 'data', 'generate', 'eval', 'learner', 'cli') for n in _il.import_module(f'llmlite.{m}').__all__]
