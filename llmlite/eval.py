@@ -6,7 +6,7 @@ Docs: https://llmlite.github.io/llmlite/eval.html.md"""
 
 # %% ../nbs/08_eval.ipynb #55c0569c
 from __future__ import annotations
-import re, string
+import random, re, string
 from pathlib import Path
 import numpy as np, torch
 from .core import LLMLiteError, check
@@ -43,7 +43,7 @@ def score(model, seqs:list, # (token ids, number of continuation tokens at the e
 
 # %% ../nbs/08_eval.ipynb #c2b9e590
 task_kinds = {'multiple_choice': ('query', 'choices', 'gold'), 'schema': ('context_options', 'continuation', 'gold'),
-              'generation_task_with_answers': ('context', 'answer'), 'language_modeling': ('context', 'continuation')}
+              'generation_task_with_answers': ('context', 'answer'), 'language_modeling': ('context', 'continuation'), 'chat': ('messages',)}
 
 def task_kind(rec:dict) -> str:
     "The Foundry task kind of a record, from its fields."
@@ -107,6 +107,7 @@ def evaluate(model, tok, task, # A JSONL path (or any `read_records` source), or
     kind = kind or task_kind(recs[0])
     check(kind in task_kinds, f"kind={kind!r}: use one of {', '.join(task_kinds)}")
     _check(recs, kind)
+    if kind == 'chat': return _chat_eval(model, tok, recs, n_shot, limit, bs, seed, max_new_tokens, stop)
     ps = prompts(recs, kind, n_shot, seed, sep, delim, limit)
     if kind == 'generation_task_with_answers':
         outs = [o for j in range(0, len(ps), bs) for o in generate(model, tok, [p['prompt'] for p in ps[j:j + bs]], max_new_tokens, stop=list(stop))]
@@ -119,7 +120,20 @@ def evaluate(model, tok, task, # A JSONL path (or any `read_records` source), or
         ok.append(s[0][1] if kind == 'language_modeling' else int(np.argmin([float(nll.mean()) for nll, _ in s])) == p['gold'])
     return dict(kind=kind, accuracy=sum(ok) / len(ok), n=len(ok))
 
-# %% ../nbs/08_eval.ipynb #6546c814
+# %% ../nbs/08_eval.ipynb #31d572f5
+def _chat_eval(model, tok, recs, n_shot, limit, bs, seed, max_new_tokens, stop):
+    "Exact match of greedy replies to the chat records `recs` (last message: the assistant's answer)."
+    for i, o in enumerate(recs):
+        m = o['messages']
+        check(isinstance(m, list) and len(m) >= 2 and m[-1].get('role') == 'assistant', f"{recs.where(i)}: 'messages' must end with the assistant's answer")
+    todo = range(min(len(recs), limit or len(recs)))
+    shots = lambda i: [m for j in random.Random(seed * 1_000_003 + i).sample([j for j in range(len(recs)) if j != i], n_shot) for m in recs[j]['messages']]
+    chats = [shots(i) + recs[i]['messages'][:-1] for i in todo]
+    outs = [o for j in range(0, len(chats), bs) for o in generate(model, tok, chats[j:j + bs], max_new_tokens, stop=list(stop))]
+    ok = [normalize_answer(g) == normalize_answer(recs[i]['messages'][-1]['content']) for g, i in zip(outs, todo)]
+    return dict(kind='chat', exact_match=sum(ok) / len(ok), n=len(ok))
+
+# %% ../nbs/08_eval.ipynb #97bb3c66
 def _texts(src) -> list[str]:
     if isinstance(src, (list, tuple)): return [o if isinstance(o, str) else o['text'] for o in need(read_records(src), 'text')]
     if isinstance(src, Path) or (isinstance(src, str) and '\n' not in src and len(src) < 4096 and Path(src).is_file()):
