@@ -456,11 +456,7 @@ def run_samples(self:Learner, n:int|None=None) -> list:
 # %% ../nbs/09_learner.ipynb #7e5b7b0d
 def plot_curves(log:list, fname=None):
     "Plot loss and learning rate against step from metrics rows (`learn.log`, or the lines of metrics.jsonl); save to `fname`."
-    try: import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
-    except ImportError:
-        if not getattr(plot_curves, 'warned', False): print("plot_curves: matplotlib is not installed, so no curves.png (pip install matplotlib)")
-        plot_curves.warned = True
-        return None
+    import matplotlib.pyplot as plt
     rows = [r for r in log if 'loss' in r and isinstance(r['loss'], float) and math.isfinite(r['loss'])]
     skipped = {k for e in log if e.get('event') == 'rollback' for k in range(e['skipped'][0], e['skipped'][1] + 1)}
     last = {r['step']: r for r in rows if r['step'] not in skipped}     # a step run again after a rollback: its last run counts
@@ -520,7 +516,7 @@ def fit(self:Learner, epochs:float|None=None, steps:int|None=None, resume:bool=T
         plot_curves([json.loads(l) for l in (self.path/'metrics.jsonl').read_text().splitlines()] if (self.path/'metrics.jsonl').exists() else self.log, self.path/'curves.png')
     return self
 
-# %% ../nbs/09_learner.ipynb #1bebd51d
+# %% ../nbs/09_learner.ipynb #bbaf7351
 @patch
 def lr_find(self:Learner, start:float=1e-6, end:float=1., n:int=100, stop:float=4.) -> float:
     "Suggest a learning rate from a short run with an exponentially growing one; the model is left unchanged."
