@@ -10,7 +10,7 @@ import copy, dataclasses, inspect, json, math, os, random, re, shutil, statistic
 from collections import deque
 from numbers import Real
 from pathlib import Path
-import numpy as np, torch, torch.nn as nn
+import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as _checkpoint
 from fastcore.basics import patch, store_attr
 from safetensors import safe_open
@@ -228,7 +228,8 @@ class Learner:
                            beta1=as_sched(b1, 'betas[0]'), beta2=as_sched(b2, 'betas[1]'))
         self.device = self.params[0].device
         self.bf16 = precision == 'bf16' or (precision == 'auto' and self.device.type == 'cuda' and torch.cuda.is_bf16_supported())
-        self._docs = 'docs' in inspect.signature(model.forward).parameters
+        sig = inspect.signature(model.forward).parameters
+        self._docs, self._keep = 'docs' in sig, 'keep' in sig
         self.step, self.total, self.lr_mult, self.events, self.log, self.evals, self.samples, self._show = 0, 0, 1., [], [], [], [], show_every
         self.skip, self.high, self.hist, self.snaps, self.saved = set(), [], deque(maxlen=50), deque(maxlen=3), None
 
@@ -259,12 +260,17 @@ def progress(self:Learner, n:int) -> float:
 # %% ../nbs/09_learner.ipynb #b7938719
 @patch
 def _loss(self:Learner, b:dict) -> torch.Tensor:
-    "The loss of batch `b`."
-    x, docs = b['input_ids'].to(self.device), b.get('doc_ids')
+    "The loss of batch `b`; with the default loss and a model that can, logits only where a label follows."
+    x, y, docs = b['input_ids'].to(self.device), b['labels'].to(self.device), b.get('doc_ids')
     kw = {'docs': docs.to(self.device)} if self._docs and docs is not None and bool((docs > 0).any()) else {}
+    sparse = self._keep and self.loss_fn is lm_loss
+    if sparse:
+        kw['keep'] = torch.zeros_like(y, dtype=torch.bool)
+        kw['keep'][:, :-1] = y[:, 1:] != -100
     with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
         out = self.model(x, **kw)
-    return self.loss_fn(getattr(out, 'logits', out), b['labels'].to(self.device))
+    out = getattr(out, 'logits', out)
+    return F.cross_entropy(out.float(), y[:, 1:][kw['keep'][:, :-1]]) if sparse else self.loss_fn(out, y)
 
 @patch
 def _grads(self:Learner, bs:list) -> tuple[float, float, int]:
@@ -291,7 +297,7 @@ def one_step(self:Learner, n:int) -> dict:
     self.data.step = n * self.accum
     return dict(step=n, loss=loss, grad_norm=gn, tokens=ntok, **h, ok=ok)
 
-# %% ../nbs/09_learner.ipynb #4b320bc8
+# %% ../nbs/09_learner.ipynb #afaa1dd2
 _MIN_HISTORY, _SPIKE_GAP, _MAX_ROLLBACKS = 10, 0.5, 10
 
 @patch
@@ -334,7 +340,7 @@ def _rollback(self:Learner, n:int):
     self.skip.update(range(a, n + 1)); self.lr_mult *= self.spike_lr
     self.event('rollback', n, to=s['step'], skipped=[a, n], median=med, lr_mult=self.lr_mult)
 
-# %% ../nbs/09_learner.ipynb #afaa1dd2
+# %% ../nbs/09_learner.ipynb #e8655f66
 @patch
 def run_config(self:Learner) -> dict:
     "What defines this run, saved in each checkpoint."
@@ -393,7 +399,7 @@ def _resume(self:Learner):
         if p.exists(): p.write_text(''.join(l for l in p.read_text().splitlines(True) if l.strip() and json.loads(l).get('step', 0) <= self.step))
     self.event('resume', self.step, checkpoint=ck['dir'].name)
 
-# %% ../nbs/09_learner.ipynb #e8655f66
+# %% ../nbs/09_learner.ipynb #7e5b7b0d
 def _num(x): return x if not isinstance(x, float) or math.isfinite(x) else str(x)
 
 @patch
@@ -453,7 +459,7 @@ def run_samples(self:Learner, n:int|None=None) -> list:
     if self._show != 0: print(f"step {row['step']}: " + ' | '.join(f"{_text(p)[-40:]!r} -> {o[:60]!r}" for p, o in zip(self.prompts, outs)))
     return outs
 
-# %% ../nbs/09_learner.ipynb #7e5b7b0d
+# %% ../nbs/09_learner.ipynb #e0947d79
 def plot_curves(log:list, fname=None):
     "Plot loss and learning rate against step from metrics rows (`learn.log`, or the lines of metrics.jsonl); save to `fname`."
     import matplotlib.pyplot as plt
@@ -470,7 +476,7 @@ def plot_curves(log:list, fname=None):
     if fname: fig.savefig(fname, dpi=100); plt.close(fig)
     return fig
 
-# %% ../nbs/09_learner.ipynb #e0947d79
+# %% ../nbs/09_learner.ipynb #9bfe7d5a
 @patch
 def fit(self:Learner, epochs:float|None=None, steps:int|None=None, resume:bool=True):
     "Train for `steps` optimizer steps, or `epochs` passes over the data (default 1), resuming from `path` when it holds this run's checkpoint."
@@ -516,7 +522,7 @@ def fit(self:Learner, epochs:float|None=None, steps:int|None=None, resume:bool=T
         plot_curves([json.loads(l) for l in (self.path/'metrics.jsonl').read_text().splitlines()] if (self.path/'metrics.jsonl').exists() else self.log, self.path/'curves.png')
     return self
 
-# %% ../nbs/09_learner.ipynb #bbaf7351
+# %% ../nbs/09_learner.ipynb #de34b6a0
 @patch
 def lr_find(self:Learner, start:float=1e-6, end:float=1., n:int=100, stop:float=4.) -> float:
     "Suggest a learning rate from a short run with an exponentially growing one; the model is left unchanged."

@@ -186,7 +186,7 @@ class Decoder(nn.Module):
         c = self.cfg
         return KVCache(c.n_layers, bs, c.n_kv_heads, c.head_dim, max_len, device or p.device, dtype or p.dtype)
 
-    def forward(self, x, cache:KVCache|None=None, valid=None, docs=None, last:bool=False):
+    def forward(self, x, cache:KVCache|None=None, valid=None, docs=None, last:bool=False, keep=None):
         B, T = x.shape
         start = cache.pos if cache is not None else 0
         check(start + T <= self.cfg.max_seq_len, f"{start + T} tokens exceed the model's context of {self.cfg.max_seq_len} (config field max_seq_len)")
@@ -214,4 +214,5 @@ class Decoder(nn.Module):
             h = b(h, rope=rope, mask=mask(w), window=w, cache=cache, layer=i)
         if cache is not None: cache.pos += T
         if last: h = h[:, -1:]
+        if keep is not None: h = h[keep]
         return self.head(self.norm(h))
