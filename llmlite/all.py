@@ -13,6 +13,8 @@ from .quant import *
 from .adapters import *
 from .attention import *
 from .models import *
+from .encoders import *
+from .seq2seq import *
 from .tokenizer import *
 from .checkpoints import *
 from .data import *
@@ -23,4 +25,4 @@ from .cli import *
 
 # %% ../nbs/99_all.ipynb #6e76ea21
 import importlib as _il
-__all__ = [n for m in ('core', 'quant', 'adapters', 'attention', 'models', 'tokenizer', 'checkpoints', 'data', 'generate', 'eval', 'learner', 'cli') for n in _il.import_module(f'llmlite.{m}').__all__]
+__all__ = [n for m in ('core', 'quant', 'adapters', 'attention', 'models', 'encoders', 'seq2seq', 'tokenizer', 'checkpoints', 'data', 'generate', 'eval', 'learner', 'cli') for n in _il.import_module(f'llmlite.{m}').__all__]

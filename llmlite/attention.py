@@ -1,4 +1,4 @@
-"""The parts every transformer here shares: RMSNorm, rotary embeddings (with Llama-3 scaling), masks (causal, sliding window, padding), the attention kernel dispatch (SDPA everywhere, flash-attn on CUDA) and the KV cache.
+"""The parts every transformer here shares: RMSNorm, rotary embeddings (with Llama-3 scaling), ALiBi, masks (causal, sliding window, padding), the attention kernel dispatch (SDPA everywhere, flash-attn on CUDA) and the KV cache.
 
 Docs: https://llmlite.github.io/llmlite/attention.html.md"""
 
@@ -11,7 +11,8 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from .core import check
 
 # %% auto #0
-__all__ = ['RMSNorm', 'rope_freqs', 'rope_cos_sin', 'apply_rope', 'attn_mask', 'attend', 'KVCache']
+__all__ = ['RMSNorm', 'rope_freqs', 'rope_cos_sin', 'apply_rope', 'attn_mask', 'alibi_slopes', 'alibi_bias', 'rel_buckets',
+           'attend', 'KVCache']
 
 # %% ../nbs/03_attention.ipynb #fee6af9f
 class RMSNorm(nn.Module):
@@ -65,22 +66,57 @@ def attn_mask(q_idx, k_len:int, valid=None, window:int|None=None, causal:bool=Tr
     return m
 
 # %% ../nbs/03_attention.ipynb #7f4c8904
+def alibi_slopes(n_heads:int, max_bias:float=8., device=None):
+    "ALiBi slopes (n_heads,) in fp32, including the interleaving for head counts that are not a power of two."
+    n = 2 ** math.ceil(math.log2(n_heads))
+    m = torch.arange(1, n + 1, dtype=torch.float32, device=device) * (max_bias / n)
+    s = 1. / 2 ** m
+    return s if n == n_heads else torch.cat([s[1::2], s[::2]])[:n_heads]
+
+def alibi_bias(slopes, q_idx, k_len:int):
+    "Float bias (1, H, Tq, Tk) `-slope * |q - k|` for query slots `q_idx` (Tq,) over key slots 0..k_len-1."
+    d = (q_idx[:, None] - torch.arange(k_len, device=q_idx.device)[None]).abs().float()
+    return -slopes[None, :, None, None] * d
+
+# %% ../nbs/03_attention.ipynb #3257538b
+def rel_buckets(rel, bidirectional:bool=True, n_buckets:int=32, max_distance:int=128):
+    "Bucket index (same shape as `rel`) of each relative distance `rel` = key position - query position."
+    b = torch.zeros_like(rel)
+    if bidirectional:
+        n_buckets //= 2
+        b = b + (rel > 0).long() * n_buckets
+        rel = rel.abs()
+    else: rel = (-rel).clamp(min=0)
+    exact = n_buckets // 2
+    big = exact + (torch.log(rel.float().clamp(min=1) / exact) / math.log(max_distance / exact) * (n_buckets - exact)).long()
+    return b + torch.where(rel < exact, rel, big.clamp(max=n_buckets - 1))
+
+# %% ../nbs/03_attention.ipynb #61090453
 try: from flash_attn import flash_attn_func
 except Exception: flash_attn_func = None
 
-def attend(q, k, v, mask=None, window:int|None=None, scale:float|None=None):
-    "Scaled dot-product attention with GQA; `mask` is None, 'causal' or a boolean (B, 1, Tq, Tk) tensor."
-    if (flash_attn_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+def attend(q, k, v, mask=None, window:int|None=None, scale:float|None=None, alibi=None,
+           bias=None): # a float bias (B or 1, H, Tq, Tk) added to the scores (T5's relative positions)
+    "Scaled dot-product attention with GQA; `mask` is None, 'causal' or a boolean (B, 1, Tq, Tk) tensor; `alibi` slopes (H,)."
+    Tq, Tk = q.shape[2], k.shape[2]
+    if (flash_attn_func is not None and bias is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
         and not torch.is_tensor(mask) and (window is None or mask == 'causal')):
         o = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=scale,
-                            causal=mask == 'causal', window_size=(window - 1, 0) if window else (-1, -1))
+                            causal=mask == 'causal', window_size=(window - 1, 0) if window else (-1, -1),
+                            alibi_slopes=None if alibi is None else alibi.float())
         return o.transpose(1, 2)
-    if mask == 'causal' and window is not None: mask = attn_mask(torch.arange(q.shape[2], device=q.device), k.shape[2], window=window)
+    if mask == 'causal' and (window is not None or alibi is not None or bias is not None):
+        mask = attn_mask(torch.arange(Tk - Tq, Tk, device=q.device), Tk, window=window)
     gqa = q.shape[1] != k.shape[1]
+    if alibi is not None or bias is not None:
+        b = 0 if bias is None else bias.to(q.dtype)
+        if alibi is not None: b = b + alibi_bias(alibi.to(q.device), torch.arange(Tk - Tq, Tk, device=q.device), Tk).to(q.dtype)
+        if torch.is_tensor(mask): b = torch.where(mask, b, float('-inf'))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=b, scale=scale, enable_gqa=gqa)
     if torch.is_tensor(mask): return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
     return F.scaled_dot_product_attention(q, k, v, is_causal=mask == 'causal', scale=scale, enable_gqa=gqa)
 
-# %% ../nbs/03_attention.ipynb #3257538b
+# %% ../nbs/03_attention.ipynb #213aab8f
 class KVCache:
     "Preallocated per-layer keys/values for `bs` sequences of up to `max_len` tokens."
     def __init__(self, n_layers:int, bs:int, n_kv_heads:int, head_dim:int, max_len:int, device=None, dtype=torch.float32):

@@ -13,13 +13,16 @@ import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from safetensors.torch import save_file
 from .core import LLMLiteError, check, default_device, default_dtype, as_dtype
 from .models import Config, Decoder, config_from_hf, config_to_hf
+from .encoders import encoder_classes
+from .seq2seq import EncoderDecoder
 from .tokenizer import Tokenizer
 from .quant import QLinear, quantize_linear, qtensor_from_state, is_skipped, METHODS, GROUP_SIZES
 
 # %% auto #0
-__all__ = ['hf_names', 'gguf_names', 'gguf_archs', 'KeyMap', 'hf_keymap', 'place', 'finish', 'stream_into', 'quant_spec',
-           'SafetensorsFile', 'load_hf_dir', 'unpermute', 'GGUFFile', 'gguf_config', 'load_gguf', 'resolve', 'load',
-           'atomic_write', 'quant_config', 'save_model']
+__all__ = ['hf_names', 'mpt_names', 'bert_names', 'modernbert_names', 'hf_tables', 'gguf_names', 'gguf_archs', 't5_names',
+           'KeyMap', 'hf_keymap', 'split_fused', 'fuse', 'place', 'finish', 'stream_into', 'quant_spec',
+           'SafetensorsFile', 'build_model', 'init_missing', 'load_hf_dir', 'unpermute', 'GGUFFile', 'gguf_config',
+           'load_gguf', 'resolve', 'load', 'atomic_write', 'quant_config', 'save_model']
 
 # %% ../nbs/05_checkpoints.ipynb #31848c43
 hf_names = {
@@ -29,6 +32,47 @@ hf_names = {
     'blocks.{}.attn.wv': 'model.layers.{}.self_attn.v_proj', 'blocks.{}.attn.wo': 'model.layers.{}.self_attn.o_proj',
     'blocks.{}.mlp.gate': 'model.layers.{}.mlp.gate_proj', 'blocks.{}.mlp.up': 'model.layers.{}.mlp.up_proj',
     'blocks.{}.mlp.down': 'model.layers.{}.mlp.down_proj'}
+
+mpt_names = {
+    'emb': 'transformer.wte', 'norm': 'transformer.norm_f', 'head': 'lm_head',
+    'blocks.{}.attn_norm': 'transformer.blocks.{}.norm_1', 'blocks.{}.mlp_norm': 'transformer.blocks.{}.norm_2',
+    'blocks.{}.attn.wqkv': 'transformer.blocks.{}.attn.Wqkv', 'blocks.{}.attn.wo': 'transformer.blocks.{}.attn.out_proj',
+    'blocks.{}.attn.q_norm': 'transformer.blocks.{}.attn.q_ln', 'blocks.{}.attn.k_norm': 'transformer.blocks.{}.attn.k_ln',
+    'blocks.{}.mlp.up': 'transformer.blocks.{}.ffn.up_proj', 'blocks.{}.mlp.down': 'transformer.blocks.{}.ffn.down_proj'}
+
+_bert = {
+    'emb': 'embeddings.word_embeddings', 'pos_emb': 'embeddings.position_embeddings', 'type_emb': 'embeddings.token_type_embeddings',
+    'emb_norm': 'embeddings.LayerNorm', 'pooler': 'pooler.dense',
+    'blocks.{}.attn.wq': 'encoder.layer.{}.attention.self.query', 'blocks.{}.attn.wk': 'encoder.layer.{}.attention.self.key',
+    'blocks.{}.attn.wv': 'encoder.layer.{}.attention.self.value', 'blocks.{}.attn.wo': 'encoder.layer.{}.attention.output.dense',
+    'blocks.{}.attn_norm': 'encoder.layer.{}.attention.output.LayerNorm', 'blocks.{}.mlp.up': 'encoder.layer.{}.intermediate.dense',
+    'blocks.{}.mlp.down': 'encoder.layer.{}.output.dense', 'blocks.{}.mlp_norm': 'encoder.layer.{}.output.LayerNorm'}
+bert_names = {**_bert, **{f'body.{k}': f'bert.{v}' for k, v in _bert.items()},
+              'transform': 'cls.predictions.transform.dense', 'transform_norm': 'cls.predictions.transform.LayerNorm',
+              'head.bias': 'cls.predictions.bias', 'head': 'cls.predictions.decoder', 'classifier': 'classifier'}
+
+def t5_names(gated:bool=True) -> dict:
+    "T5's table; the MLP's input layer is `wi` (v1.0) or the pair `wi_0`, `wi_1` (v1.1, gated)."
+    mlp = lambda s, l: ({f'{s}.{{}}.mlp.gate': f'{l}.DenseReluDense.wi_0', f'{s}.{{}}.mlp.up': f'{l}.DenseReluDense.wi_1'} if gated else
+                        {f'{s}.{{}}.mlp.up': f'{l}.DenseReluDense.wi'}) | {f'{s}.{{}}.mlp.down': f'{l}.DenseReluDense.wo'}
+    att = lambda o, t: {f'{o}.{w}': f'{t}.{n}' for w, n in (('wq', 'q'), ('wk', 'k'), ('wv', 'v'), ('wo', 'o'))}
+    return {'emb': 'shared', 'head': 'lm_head', 'enc_norm': 'encoder.final_layer_norm', 'dec_norm': 'decoder.final_layer_norm',
+            'enc_rel': 'encoder.block.0.layer.0.SelfAttention.relative_attention_bias',
+            'dec_rel': 'decoder.block.0.layer.0.SelfAttention.relative_attention_bias',
+            **att('enc_blocks.{}.attn', 'encoder.block.{}.layer.0.SelfAttention'), 'enc_blocks.{}.attn_norm': 'encoder.block.{}.layer.0.layer_norm',
+            **mlp('enc_blocks', 'encoder.block.{}.layer.1'), 'enc_blocks.{}.mlp_norm': 'encoder.block.{}.layer.1.layer_norm',
+            **att('dec_blocks.{}.attn', 'decoder.block.{}.layer.0.SelfAttention'), 'dec_blocks.{}.attn_norm': 'decoder.block.{}.layer.0.layer_norm',
+            **att('dec_blocks.{}.cross', 'decoder.block.{}.layer.1.EncDecAttention'), 'dec_blocks.{}.cross_norm': 'decoder.block.{}.layer.1.layer_norm',
+            **mlp('dec_blocks', 'decoder.block.{}.layer.2'), 'dec_blocks.{}.mlp_norm': 'decoder.block.{}.layer.2.layer_norm'}
+
+_modernbert = {'emb': 'embeddings.tok_embeddings', 'emb_norm': 'embeddings.norm', 'norm': 'final_norm',
+               'blocks.{}.attn_norm': 'layers.{}.attn_norm', 'blocks.{}.mlp_norm': 'layers.{}.mlp_norm',
+               'blocks.{}.attn.wqkv': 'layers.{}.attn.Wqkv', 'blocks.{}.attn.wo': 'layers.{}.attn.Wo',
+               'blocks.{}.mlp.wi': 'layers.{}.mlp.Wi', 'blocks.{}.mlp.down': 'layers.{}.mlp.Wo'}
+modernbert_names = {**_modernbert, **{f'body.{k}': f'model.{v}' for k, v in _modernbert.items()},
+                    'transform': 'head.dense', 'transform_norm': 'head.norm', 'head': 'decoder', 'classifier': 'classifier'}
+
+hf_tables = {'llama': hf_names, 'mistral': hf_names, 'qwen2': hf_names, 'mpt': mpt_names, 'bert': bert_names, 'modernbert': modernbert_names}
 
 gguf_names = {
     'emb': 'token_embd', 'norm': 'output_norm', 'head': 'output',
@@ -58,11 +102,43 @@ class KeyMap:
 
 # %% ../nbs/05_checkpoints.ipynb #d60e880f
 def hf_keymap(cfg:Config) -> KeyMap:
-    "Key map between llmlite and Hugging Face names for a model of config `cfg` (all decoder families share one)."
-    check(cfg.arch in ('llama', 'mistral', 'qwen2'), f"no Hugging Face key map for arch {cfg.arch!r}")
-    return KeyMap(hf_names)
+    "Key map between llmlite and Hugging Face names for a model of config `cfg` (one table per family)."
+    if cfg.arch == 't5': return KeyMap(t5_names(cfg.gated))
+    check(cfg.arch in hf_tables, f"no Hugging Face key map for arch {cfg.arch!r}")
+    return KeyMap(hf_tables[cfg.arch])
 
 # %% ../nbs/05_checkpoints.ipynb #25581404
+_qkv = ('attn.wqkv', ('attn.wq', 'attn.wk', 'attn.wv'))
+_fused = {'mpt': [_qkv], 'modernbert': [_qkv, ('mlp.wi', ('mlp.gate', 'mlp.up'))]}
+
+def _sizes(cfg:Config, part:str):
+    "Row counts of the pieces of fused tensor `part`."
+    return [cfg.hidden] * 2 if part == 'mlp.wi' else [cfg.n_heads * cfg.head_dim] + [cfg.n_kv_heads * cfg.head_dim] * 2
+
+def split_fused(cfg:Config, name:str, t):
+    "Yield (name, tensor) pieces of a fused checkpoint tensor (or the tensor itself when it is not fused)."
+    for whole, parts in _fused.get(cfg.arch, []):
+        if f'.{whole}.' not in name: continue
+        sizes = _sizes(cfg, whole)
+        check(t.shape[0] == sum(sizes), f"tensor {name!r} has {t.shape[0]} rows, the fused {whole} needs {sum(sizes)}")
+        for part, piece in zip(parts, t.split(sizes)): yield name.replace(f'.{whole}.', f'.{part}.'), piece.clone()
+        return
+    yield name, t
+
+def fuse(cfg:Config, sd:dict) -> dict:
+    "Concatenate the parts of fused tensors in state dict `sd` (our names) back into one tensor each."
+    for whole, parts in _fused.get(cfg.arch, []):
+        out = {}
+        for k, v in sd.items():
+            if f'.{parts[0]}.' in k:
+                check(k.endswith(('.weight', '.bias')), f"save_model: {k!r} is quantized, but {cfg.arch} checkpoints fuse {', '.join(parts)} into one tensor: "
+                      "save the model unquantized (load it without `quant`)")
+                out[k.replace(f'.{parts[0]}.', f'.{whole}.')] = torch.cat([sd[k.replace(f'.{parts[0]}.', f'.{p}.')] for p in parts])
+            elif not any(f'.{p}.' in k for p in parts[1:]): out[k] = v
+        sd = out
+    return sd
+
+# %% ../nbs/05_checkpoints.ipynb #1135fd28
 def place(model:nn.Module, name:str, t:torch.Tensor, src:str=''):
     "Put tensor `t` as parameter `name` of `model` (replacing a meta or existing tensor), checking its shape."
     mod, _, attr = name.rpartition('.')
@@ -79,7 +155,7 @@ def finish(model:nn.Module, src:str=''):
     check(not missing, f"{src}: {len(missing)} tensors missing from the checkpoint: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
     return model.eval()
 
-# %% ../nbs/05_checkpoints.ipynb #b80c832d
+# %% ../nbs/05_checkpoints.ipynb #a15cec9e
 _pname = re.compile(r'(.+?)\.(weight|bias)(\..+)?$')
 
 def _quantize_done(model, path:str, quant:dict):
@@ -111,7 +187,7 @@ def quant_spec(quant, bits:int=4, group_size:int=64, skip=('head',)) -> dict|Non
     check(group_size in GROUP_SIZES, f"group_size={group_size}: use one of {GROUP_SIZES}")
     return dict(method=quant, bits=bits, group_size=group_size, skip=skip)
 
-# %% ../nbs/05_checkpoints.ipynb #c207fe28
+# %% ../nbs/05_checkpoints.ipynb #b0a61e5b
 def _read_json(p:Path) -> dict:
     check(p.exists(), f"{p}: file not found")
     try: return json.loads(p.read_text())
@@ -160,17 +236,51 @@ class SafetensorsFile:
                 f.readinto(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
                 yield k, t
 
-def _stream_safetensors(files, km, skip=()):
+_optional = re.compile(r'((bert\.)?pooler\.|cls\.|classifier\.)')  # task heads a model of another task does without
+
+def _fit(name:str, have:set):
+    "Our name adjusted to a model with (`body.` prefix) or without a separate encoder body."
+    if name is None or name in have: return name
+    if name.startswith('body.') and name[5:] in have: return name[5:]
+    if 'body.' + name in have: return 'body.' + name
+    return name
+
+def _stream_safetensors(files, km, skip=(), cfg=None, have=None):
     "Yield (file, our name, tensor) for every tensor of `files`, one tensor in memory at a time."
     for f in files:
         for k, t in SafetensorsFile(f).items():
+            if k.endswith(('rotary_emb.inv_freq', 'position_ids', 'coder.embed_tokens.weight')): continue   # buffers; T5's copies of `shared`
             name = km.inv(k)
-            if name in skip or k.endswith('rotary_emb.inv_freq'): continue
+            if name in skip: continue
             check(name is not None, f"{f}: unexpected tensor {k!r}")
-            yield str(f), name, t
+            for n, p in (split_fused(cfg, name, t) if cfg else [(name, t)]):
+                if have is not None and (n := _fit(n, have)) not in have:
+                    if _optional.match(k): continue      # a head of another task
+                    raise LLMLiteError(f"{f}: unexpected tensor {k!r}")
+                yield str(f), n, p
 
-def load_hf_dir(d, dtype=None, device=None, quant:dict|None=None):
-    "Load a Hugging Face checkpoint directory into a `Decoder` (and its `Tokenizer`, or None when it has none)."
+def build_model(cfg:Config, hf_class:str|None=None, task:str|None=None) -> nn.Module:
+    "The llmlite model for `cfg`: a `Decoder`, or the encoder class of `task` (else of the checkpoint's `hf_class`)."
+    if cfg.arch == 't5': return EncoderDecoder(cfg)
+    if cfg.arch not in ('bert', 'modernbert'): return Decoder(cfg)
+    tasks = {'base': 'BertModel', 'mlm': 'BertForMaskedLM', 'cls': 'BertForSequenceClassification', 'tokens': 'BertForTokenClassification'}
+    check(task is None or task in tasks, f"task={task!r}: use one of {list(tasks)} or None (the checkpoint's own)")
+    if cfg.arch == 'modernbert':
+        check(task in (None, 'base', 'mlm'), f"task={task!r}: ModernBERT supports 'base' and 'mlm'")
+        hf_class = {'ModernBertForMaskedLM': 'BertForMaskedLM'}.get(hf_class, 'BertModel')
+    return encoder_classes[tasks[task] if task else hf_class if hf_class in encoder_classes else 'BertModel'](cfg)
+
+def init_missing(model:nn.Module, dtype, device):
+    "Give a freshly initialised value to the task-head parameters a checkpoint did not have (loading a base model for a new task)."
+    if hasattr(model, 'tie'): model.tie()     # a tied head is not missing
+    for n, m in model.named_modules():
+        if n.split('.')[0] in ('classifier', 'transform', 'transform_norm', 'head') or n == 'body.pooler':
+            if any(p.is_meta for p in m.parameters(recurse=False)):
+                m.to_empty(device=device, recurse=False).to(dtype); m.reset_parameters()
+    if hasattr(model, 'tie'): model.tie()
+
+def load_hf_dir(d, dtype=None, device=None, quant:dict|None=None, task:str|None=None):
+    "Load a Hugging Face checkpoint directory into a `Decoder` or encoder (and its `Tokenizer`, or None when it has none)."
     d = Path(d)
     hc = _read_json(d/'config.json')
     cfg = config_from_hf(hc, str(d/'config.json'))
@@ -178,21 +288,23 @@ def load_hf_dir(d, dtype=None, device=None, quant:dict|None=None):
     if qc: check(qc.get('quant_method') in ('bitsandbytes', 'llmlite') and not qc.get('load_in_8bit'),
                  f"{d/'config.json'}: quantization_config {qc.get('quant_method')!r} is not supported (bitsandbytes 4-bit and llmlite only)")
     files, km = _safetensors_files(d), hf_keymap(cfg)
-    with torch.device('meta'): model = Decoder(cfg)
+    with torch.device('meta'): model = build_model(cfg, (hc.get('architectures') or [None])[0], task)
     stored = set()
     for f in files: stored |= {km.inv(k.split('.weight.quant_state.')[0]) for k in SafetensorsFile(f).tensors if '.weight.quant_state.' in k}
-    items = _stream_safetensors(files, km, skip={'head.weight'} if cfg.tie_embeddings else set())
+    have = {n for n, _ in model.named_parameters(remove_duplicate=False)} if cfg.arch in ('bert', 'modernbert') else None
+    items = _stream_safetensors(files, km, skip={'head.weight'} if cfg.tie_embeddings else set(), cfg=cfg, have=have)
     stream_into(model, items, dtype, device, quant, stored)
+    if have is not None: init_missing(model, dtype, device)
     tok = Tokenizer.from_dir(d) if (d/'tokenizer.json').exists() else None
     return finish(model, str(d)), tok
 
-# %% ../nbs/05_checkpoints.ipynb #5f4bfb2b
+# %% ../nbs/05_checkpoints.ipynb #995747cf
 def unpermute(w, n_heads:int):
     "Undo llama.cpp's Q/K row permutation for `n_heads` heads."
     s = w.shape
     return w.reshape(n_heads, s[0] // n_heads // 2, 2, *s[1:]).swapaxes(1, 2).reshape(s)
 
-# %% ../nbs/05_checkpoints.ipynb #995747cf
+# %% ../nbs/05_checkpoints.ipynb #46e9cfbd
 _scalars = {0: '<B', 1: '<b', 2: '<H', 3: '<h', 4: '<I', 5: '<i', 6: '<f', 7: '<?', 10: '<Q', 11: '<q', 12: '<d'}
 
 class GGUFFile:
@@ -257,7 +369,7 @@ class GGUFFile:
         else: a = gguf.quants.dequantize(raw.reshape(-1, shape[-1] // bs * ts), q)
         return torch.from_numpy(np.array(a, dtype=np.float32).reshape(shape))
 
-# %% ../nbs/05_checkpoints.ipynb #31353833
+# %% ../nbs/05_checkpoints.ipynb #b89a8c37
 gguf_archs = {'llama': 'llama', 'mistral': 'mistral', 'qwen2': 'qwen2'}
 
 def gguf_config(g:GGUFFile) -> Config:
@@ -296,7 +408,7 @@ def load_gguf(path, dtype=None, device=None, quant:dict|None=None):
     tok = Tokenizer.from_gguf(g) if 'tokenizer.ggml.tokens' in g.meta else None
     return finish(model, str(path)), tok
 
-# %% ../nbs/05_checkpoints.ipynb #46e9cfbd
+# %% ../nbs/05_checkpoints.ipynb #642697da
 def resolve(src) -> Path:
     "A local path for `src`: an existing file or directory, else a hub id looked up in the Hugging Face cache."
     p = Path(src).expanduser()
@@ -315,15 +427,16 @@ def resolve(src) -> Path:
 def load(src, dtype=None, device=None,
          quant:str|None=None, # quantize linear layers while loading: 'nf4', 'hqq' or None
          bits:int=4, group_size:int=64, # quantization bits (HQQ: 2, 3, 4, 8) and group size
-         skip=('head',)): # linear layers (names or regexes) left unquantized
+         skip=('head',), # linear layers (names or regexes) left unquantized
+         task:str|None=None): # encoders: 'base', 'mlm', 'cls' or 'tokens' (None: the checkpoint's own); a new task head starts fresh
     "Load a model and tokenizer from a Hugging Face directory, a GGUF file or a hub id: returns `(model, tok)`."
     device = torch.device(device or default_device())
     dtype = as_dtype(dtype) or default_dtype(device)
     p, q = resolve(src), quant_spec(quant, bits, group_size, skip)
     if p.is_file() or p.suffix == '.gguf': return load_gguf(p, dtype, device, q)
-    return load_hf_dir(p, dtype, device, q)
+    return load_hf_dir(p, dtype, device, q, task)
 
-# %% ../nbs/05_checkpoints.ipynb #cdd87498
+# %% ../nbs/05_checkpoints.ipynb #36652e1f
 def atomic_write(path, write):
     "Call `write(tmp_path)`, then rename the temporary file to `path` (atomic on POSIX)."
     path = Path(path)
@@ -351,10 +464,11 @@ def save_model(model, d, tok:Tokenizer|None=None, max_shard:int=5 * 2**30):
     d = Path(d); d.mkdir(parents=True, exist_ok=True)
     cfg, km = model.cfg, hf_keymap(model.cfg)
     sd, seen = {}, set()
-    for k, v in model.state_dict().items():
+    for k, v in fuse(cfg, model.state_dict()).items():
         if cfg.tie_embeddings and k == 'head.weight': continue
         v = v.detach().contiguous()
         if v.data_ptr() in seen: v = v.clone()    # shared tensors (a quant map) are stored once per layer
+        check(km(k) is not None, f"save_model: parameter {k!r} has no Hugging Face name for arch {cfg.arch!r}")
         seen.add(v.data_ptr()); sd[km(k)] = v
     shards, cur, size = [], {}, 0
     for k, v in sd.items():
@@ -368,7 +482,8 @@ def save_model(model, d, tok:Tokenizer|None=None, max_shard:int=5 * 2**30):
         idx = dict(metadata=dict(total_size=sum(v.numel() * v.element_size() for v in sd.values())),
                    weight_map={k: nm for nm, sh in zip(names, shards) for k in sh})
         atomic_write(d/'model.safetensors.index.json', lambda p: Path(p).write_text(json.dumps(idx, indent=2)))
-    hc = config_to_hf(cfg, model.emb.weight.dtype)
+    hc = config_to_hf(cfg, next(model.parameters()).dtype)
+    if hasattr(model, 'hf_class'): hc['architectures'] = [model.hf_class.replace('Bert', 'ModernBert') if cfg.arch == 'modernbert' else model.hf_class]
     if qc := quant_config(model, km): hc['quantization_config'] = qc
     atomic_write(d/'config.json', lambda p: Path(p).write_text(json.dumps(hc, indent=2)))
     if tok is not None: tok.save(d)

@@ -1,4 +1,4 @@
-"""One small config, a table of known shapes, shared transformer blocks, and the decoder (Llama 2/3, Mistral, Qwen2, SmolLM2) built from them.
+"""One small config, a table of known shapes, shared transformer blocks, and the decoder (Llama 2/3, Mistral, Qwen2, SmolLM2, MPT) built from them.
 
 Docs: https://llmlite.github.io/llmlite/models.html.md"""
 
@@ -10,16 +10,20 @@ import dataclasses, json
 from dataclasses import dataclass, field, asdict
 import torch, torch.nn as nn, torch.nn.functional as F
 from .core import LLMLiteError, check
-from .attention import RMSNorm, rope_freqs, rope_cos_sin, apply_rope, attn_mask, attend, KVCache
+from .attention import RMSNorm, rope_freqs, rope_cos_sin, apply_rope, alibi_slopes, attn_mask, attend, KVCache
 
 # %% auto #0
-__all__ = ['configs', 'hf_archs', 'Config', 'config_from_hf', 'config_to_hf', 'Attention', 'MLP', 'Block', 'Decoder']
+__all__ = ['acts', 'configs', 'hf_archs', 'Config', 'config_from_hf', 'config_to_hf', 'make_norm', 'Attention', 'MLP', 'Block',
+           'make_block', 'Decoder']
 
 # %% ../nbs/04_models.ipynb #9d42abfe
+acts = {'silu': F.silu, 'relu': F.relu, 'gelu': F.gelu, 'gelu_tanh': lambda x: F.gelu(x, approximate='tanh')}
+_hf_acts = {'silu': 'silu', 'relu': 'relu', 'swish': 'silu', 'gelu': 'gelu', 'gelu_new': 'gelu_tanh', 'gelu_pytorch_tanh': 'gelu_tanh'}
+
 @dataclass
 class Config:
     "Architecture of a transformer: plain data, loadable from and exportable to a Hugging Face config.json."
-    arch:str = 'llama'          # family: llama | mistral | qwen2
+    arch:str = 'llama'          # family: llama | mistral | qwen2 | mpt | bert | modernbert | t5
     vocab_size:int = 32000
     dim:int = 4096              # model width
     n_layers:int = 32
@@ -36,11 +40,32 @@ class Config:
     qkv_bias:bool = False
     tie_embeddings:bool = False
     name:str = ''
+    pos:str = 'rope'            # position scheme: rope | alibi | abs (learned table of max_seq_len rows) | rel (T5 buckets)
+    norm:str = 'rms'            # rms | ln (LayerNorm)
+    norm_bias:bool = True       # LayerNorm with a bias (MPT's has none)
+    gated:bool = True           # gated MLP (SwiGLU) or plain `down(act(up(x)))`
+    act:str = 'silu'            # silu | gelu | gelu_tanh
+    bias:bool = False           # biases on every linear layer (BERT)
+    pre_norm:bool = True        # pre-norm blocks; False: post-norm (BERT)
+    qk_norm:bool = False        # LayerNorm on the query and key projections (MPT `qk_ln`)
+    clip_qkv:float|None = None  # clamp the q/k/v projections to +-clip_qkv (MPT)
+    alibi_max:float = 8.        # ALiBi's maximum bias exponent
+    type_vocab_size:int = 0     # token types (BERT segments)
+    n_labels:int = 0            # classes of a classification head (0: none)
+    n_dec_layers:int = 0        # decoder layers of an encoder-decoder (0: none)
+    rel_buckets:int = 32        # T5 relative-position buckets
+    rel_max_dist:int = 128      # T5: distances past this share the last bucket
+    attn_scale:float|None = None  # attention score scale (None: 1/sqrt(head_dim); T5: 1)
+    local_rope_base:float|None = None  # rotary base of the sliding-window layers (ModernBERT; None: rope_base)
+    pad_id:int|None = None      # padding token id, when the format records it (ModernBERT)
 
     def __post_init__(self):
         self.n_kv_heads = self.n_kv_heads or self.n_heads
         self.head_dim = self.head_dim or self.dim // self.n_heads
         check(self.n_heads % self.n_kv_heads == 0, f"config: n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
+        check(self.pos in ('rope', 'alibi', 'abs', 'rel'), f"config: pos {self.pos!r} must be rope, alibi, abs or rel")
+        check(self.norm in ('rms', 'ln'), f"config: norm {self.norm!r} must be rms or ln")
+        check(self.act in acts, f"config: act {self.act!r} must be one of {', '.join(acts)}")
 
     def layer_window(self, i:int):
         "The sliding window of layer `i` (None: full attention)."
@@ -57,8 +82,9 @@ class Config:
         "Number of parameters of the decoder (tied embeddings counted once)."
         d, hd = self.dim, self.head_dim
         attn = d * hd * (self.n_heads * 2 + self.n_kv_heads * 2) + (hd * (self.n_heads + 2 * self.n_kv_heads) if self.qkv_bias else 0)
-        layer = attn + 3 * d * self.hidden + 2 * d
-        return self.n_layers * layer + self.vocab_size * d * (1 if self.tie_embeddings else 2) + d
+        nb = d * (2 if self.norm == 'ln' and self.norm_bias else 1)       # one norm's parameters
+        layer = attn + (3 if self.gated else 2) * d * self.hidden + 2 * nb
+        return self.n_layers * layer + self.vocab_size * d * (1 if self.tie_embeddings else 2) + nb
 
 # %% ../nbs/04_models.ipynb #b0e1970b
 _l3 = dict(rope_type='llama3', factor=8., low_freq_factor=1., high_freq_factor=4., original_max_position_embeddings=8192)
@@ -76,11 +102,25 @@ configs = {
                          rope_scaling=dict(_l3, factor=32.)),
     'Mistral-7B-v0.1': dict(arch='mistral', dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, hidden=14336, max_seq_len=32768, window=4096),
     'Qwen2-0.5B': dict(arch='qwen2', vocab_size=151936, dim=896, n_layers=24, n_heads=14, n_kv_heads=2, hidden=4864, norm_eps=1e-6, rope_base=1e6, max_seq_len=32768, qkv_bias=True, tie_embeddings=True),
+    'MPT-7B': dict(arch='mpt', vocab_size=50432, dim=4096, n_layers=32, n_heads=32, hidden=16384, max_seq_len=2048, tie_embeddings=True,
+                   pos='alibi', norm='ln', norm_bias=False, gated=False, act='gelu'),
+    'BERT-base': dict(arch='bert', vocab_size=30522, dim=768, n_layers=12, n_heads=12, hidden=3072, max_seq_len=512, norm_eps=1e-12,
+                      pos='abs', norm='ln', gated=False, act='gelu', bias=True, pre_norm=False, type_vocab_size=2, tie_embeddings=True),
+    'all-MiniLM-L6-v2': dict(arch='bert', vocab_size=30522, dim=384, n_layers=6, n_heads=12, hidden=1536, max_seq_len=512, norm_eps=1e-12,
+                             pos='abs', norm='ln', gated=False, act='gelu', bias=True, pre_norm=False, type_vocab_size=2, tie_embeddings=True),
+    'T5-small': dict(arch='t5', vocab_size=32128, dim=512, n_layers=6, n_dec_layers=6, n_heads=8, head_dim=64, hidden=2048, norm_eps=1e-6,
+                     max_seq_len=512, tie_embeddings=True, pos='rel', gated=False, act='relu', attn_scale=1.),
+    'T5-v1.1-base': dict(arch='t5', vocab_size=32128, dim=768, n_layers=12, n_dec_layers=12, n_heads=12, head_dim=64, hidden=2048, norm_eps=1e-6,
+                         max_seq_len=512, pos='rel', act='gelu_tanh', attn_scale=1.),
+    'ModernBERT-base': dict(arch='modernbert', vocab_size=50368, dim=768, n_layers=22, n_heads=12, hidden=1152, max_seq_len=8192, rope_base=160000.,
+                            local_rope_base=10000., window=65, window_layers=[i for i in range(22) if i % 3], tie_embeddings=True,
+                            pos='rope', norm='ln', norm_bias=False, gated=True, act='gelu'),
     'Qwen2-7B': dict(arch='qwen2', vocab_size=152064, dim=3584, n_layers=28, n_heads=28, n_kv_heads=4, hidden=18944, norm_eps=1e-6, rope_base=1e6, max_seq_len=32768, qkv_bias=True),
 }
 
 # %% ../nbs/04_models.ipynb #39e3f4d1
-hf_archs = {'llama': 'LlamaForCausalLM', 'mistral': 'MistralForCausalLM', 'qwen2': 'Qwen2ForCausalLM'}
+hf_archs = {'llama': 'LlamaForCausalLM', 'mistral': 'MistralForCausalLM', 'qwen2': 'Qwen2ForCausalLM', 'mpt': 'MptForCausalLM', 'bert': 'BertModel',
+            't5': 'T5ForConditionalGeneration', 'modernbert': 'ModernBertModel'}
 
 def _rope(d):
     "(base, scaling) from either rope spelling of a HF config."
@@ -95,6 +135,10 @@ def config_from_hf(d:dict, src:str='config.json') -> Config:
     arch = d.get('model_type')
     if arch not in hf_archs:
         raise LLMLiteError(f"{src}: model_type {arch!r} (architectures {d.get('architectures')}) is not supported; supported: {', '.join(hf_archs)}")
+    if arch == 'mpt': return _mpt_from_hf(d, src)
+    if arch == 'bert': return _bert_from_hf(d, src)
+    if arch == 't5': return _t5_from_hf(d, src)
+    if arch == 'modernbert': return _modernbert_from_hf(d, src)
     for k in ('hidden_size', 'num_hidden_layers', 'num_attention_heads', 'intermediate_size', 'vocab_size'):
         check(k in d, f"{src}: required field {k!r} is missing")
     base, scaling = _rope(d)
@@ -111,13 +155,101 @@ def config_from_hf(d:dict, src:str='config.json') -> Config:
                   qkv_bias=arch == 'qwen2' or d.get('attention_bias', False), tie_embeddings=d.get('tie_word_embeddings', False),
                   name=d.get('_name_or_path', ''))
 
+def _mpt_from_hf(d, src):
+    "A `Config` from an MPT config.json (fields `d_model`, `n_heads`, `n_layers`, `attn_config`, ...)."
+    g = lambda k, alt=None: d.get(k, d.get(alt)) if alt else d.get(k)
+    for k, alt in (('d_model', 'hidden_size'), ('n_heads', 'num_attention_heads'), ('n_layers', 'num_hidden_layers'), ('vocab_size', None)):
+        check(g(k, alt) is not None, f"{src}: required field {k!r} is missing")
+    a = d.get('attn_config') or {}
+    check(a.get('alibi', True), f"{src}: attn_config.alibi is false (a learned position table): only ALiBi MPT models are supported")
+    check(a.get('softmax_scale') is None, f"{src}: attn_config.softmax_scale {a.get('softmax_scale')} is not supported (only 1/sqrt(head_dim))")
+    check(a.get('attn_type', 'multihead_attention') == 'multihead_attention', f"{src}: attn_config.attn_type {a.get('attn_type')!r} is not supported")
+    check(d.get('no_bias', True), f"{src}: no_bias is false (linear biases): not supported")
+    check(d.get('logit_scale') is None, f"{src}: logit_scale {d.get('logit_scale')} is not supported")
+    dim = g('d_model', 'hidden_size')
+    return Config(arch='mpt', vocab_size=d['vocab_size'], dim=dim, n_layers=g('n_layers', 'num_hidden_layers'), n_heads=g('n_heads', 'num_attention_heads'),
+                  hidden=int(d.get('expansion_ratio', 4) * dim), norm_eps=d.get('layer_norm_epsilon', 1e-5), max_seq_len=d.get('max_seq_len', 2048),
+                  tie_embeddings=d.get('tie_word_embeddings', True), name=d.get('_name_or_path', ''), pos='alibi', norm='ln', norm_bias=False,
+                  gated=False, act='gelu', qk_norm=bool(a.get('qk_ln')), clip_qkv=a.get('clip_qkv'), alibi_max=float(a.get('alibi_bias_max', 8)))
+
+def _bert_from_hf(d, src):
+    "A `Config` from a BERT config.json."
+    for k in ('hidden_size', 'num_hidden_layers', 'num_attention_heads', 'intermediate_size', 'vocab_size'):
+        check(k in d, f"{src}: required field {k!r} is missing")
+    pe, act = d.get('position_embedding_type', 'absolute'), d.get('hidden_act', 'gelu')
+    check(pe == 'absolute', f"{src}: position_embedding_type {pe!r} is not supported (absolute only)")
+    check(act in _hf_acts, f"{src}: hidden_act {act!r} is not supported; supported: {', '.join(_hf_acts)}")
+    return Config(arch='bert', vocab_size=d['vocab_size'], dim=d['hidden_size'], n_layers=d['num_hidden_layers'], n_heads=d['num_attention_heads'],
+                  hidden=d['intermediate_size'], norm_eps=d.get('layer_norm_eps', 1e-12), max_seq_len=d.get('max_position_embeddings', 512),
+                  tie_embeddings=True, name=d.get('_name_or_path', ''), pos='abs', norm='ln', gated=False, act=_hf_acts[act], bias=True,
+                  pre_norm=False, type_vocab_size=d.get('type_vocab_size', 2), n_labels=len(d['id2label']) if d.get('id2label') else d.get('num_labels', 0))
+
+def _t5_from_hf(d, src):
+    "A `Config` from a T5 config.json (v1.0: ReLU MLP, tied and scaled output; v1.1: gated GELU, separate head)."
+    for k in ('d_model', 'num_layers', 'num_heads', 'd_ff', 'd_kv', 'vocab_size'):
+        check(k in d, f"{src}: required field {k!r} is missing")
+    ff = d.get('feed_forward_proj', 'relu')
+    act = ff.removeprefix('gated-')
+    check(act in _hf_acts or act == 'gelu', f"{src}: feed_forward_proj {ff!r} is not supported")
+    return Config(arch='t5', vocab_size=d['vocab_size'], dim=d['d_model'], n_layers=d['num_layers'], n_heads=d['num_heads'], head_dim=d['d_kv'],
+                  hidden=d['d_ff'], norm_eps=d.get('layer_norm_epsilon', 1e-6), max_seq_len=d.get('n_positions', 512),
+                  tie_embeddings=d.get('tie_word_embeddings', True) is not False, name=d.get('_name_or_path', ''), pos='rel',
+                  gated=ff.startswith('gated-'), act='gelu_tanh' if ff == 'gated-gelu' else _hf_acts[act],
+                  n_dec_layers=d.get('num_decoder_layers') or d['num_layers'], rel_buckets=d.get('relative_attention_num_buckets', 32),
+                  rel_max_dist=d.get('relative_attention_max_distance', 128), attn_scale=1.)
+
+def _modernbert_from_hf(d, src):
+    "A `Config` from a ModernBERT config.json: rotary positions, every n-th layer global and the others windowed, GeGLU, no biases."
+    for k in ('hidden_size', 'num_hidden_layers', 'num_attention_heads', 'intermediate_size', 'vocab_size'):
+        check(k in d, f"{src}: required field {k!r} is missing")
+    act = d.get('hidden_activation', 'gelu')
+    check(act in _hf_acts, f"{src}: hidden_activation {act!r} is not supported")
+    check(not d.get('attention_bias') and not d.get('mlp_bias'), f"{src}: attention_bias / mlp_bias are not supported")
+    n, every = d['num_hidden_layers'], d.get('global_attn_every_n_layers', 3)
+    lt = d.get('layer_types') or ['sliding_attention' if i % every else 'full_attention' for i in range(n)]
+    rp = d.get('rope_parameters') or {}
+    g = (rp.get('full_attention') or {}).get('rope_theta', d.get('global_rope_theta', 160000.))
+    l = (rp.get('sliding_attention') or {}).get('rope_theta', d.get('local_rope_theta', 10000.))
+    return Config(arch='modernbert', vocab_size=d['vocab_size'], dim=d['hidden_size'], n_layers=n, n_heads=d['num_attention_heads'],
+                  hidden=d['intermediate_size'], norm_eps=d.get('norm_eps', 1e-5), max_seq_len=d.get('max_position_embeddings', 8192),
+                  rope_base=float(g), local_rope_base=float(l), window=d.get('local_attention', 128) // 2 + 1,
+                  window_layers=[i for i, t in enumerate(lt) if t == 'sliding_attention'], tie_embeddings=d.get('tie_word_embeddings', True),
+                  name=d.get('_name_or_path', ''), pos='rope', norm='ln', norm_bias=d.get('norm_bias', False), gated=True, act=_hf_acts[act],
+                  pad_id=d.get('pad_token_id'))
+
 def config_to_hf(c:Config, dtype=torch.float32) -> dict:
     "A Hugging Face config.json dict for `c`."
+    dt = str(dtype).removeprefix('torch.')
+    if c.arch == 'mpt':
+        return dict(architectures=[hf_archs['mpt']], model_type='mpt', vocab_size=c.vocab_size, d_model=c.dim, n_heads=c.n_heads,
+                    n_layers=c.n_layers, expansion_ratio=c.hidden // c.dim, max_seq_len=c.max_seq_len, layer_norm_epsilon=c.norm_eps,
+                    no_bias=True, tie_word_embeddings=c.tie_embeddings, torch_dtype=dt,
+                    attn_config=dict(alibi=True, alibi_bias_max=int(c.alibi_max) if c.alibi_max == int(c.alibi_max) else c.alibi_max, qk_ln=c.qk_norm, clip_qkv=c.clip_qkv))
+    if c.arch == 'modernbert':
+        lt = ['sliding_attention' if c.layer_window(i) else 'full_attention' for i in range(c.n_layers)]
+        return dict(architectures=[hf_archs['modernbert']], model_type='modernbert', vocab_size=c.vocab_size, hidden_size=c.dim,
+                    num_hidden_layers=c.n_layers, num_attention_heads=c.n_heads, intermediate_size=c.hidden, hidden_activation=c.act,
+                    max_position_embeddings=c.max_seq_len, norm_eps=c.norm_eps, norm_bias=c.norm_bias, local_attention=2 * (c.window - 1),
+                    layer_types=lt, rope_parameters=dict(full_attention=dict(rope_type='default', rope_theta=c.rope_base),
+                                                         sliding_attention=dict(rope_type='default', rope_theta=c.local_rope_base or c.rope_base)),
+                    tie_word_embeddings=c.tie_embeddings, attention_bias=False, mlp_bias=False, classifier_bias=False, decoder_bias=True, torch_dtype=dt,
+                    **(dict(pad_token_id=c.pad_id) if c.pad_id is not None else {}))
+    if c.arch == 't5':
+        ff = ('gated-' if c.gated else '') + {'gelu_tanh': 'gelu_new'}.get(c.act, c.act)
+        return dict(architectures=[hf_archs['t5']], model_type='t5', vocab_size=c.vocab_size, d_model=c.dim, d_kv=c.head_dim, d_ff=c.hidden,
+                    num_layers=c.n_layers, num_decoder_layers=c.n_dec_layers, num_heads=c.n_heads, relative_attention_num_buckets=c.rel_buckets,
+                    relative_attention_max_distance=c.rel_max_dist, layer_norm_epsilon=c.norm_eps, feed_forward_proj=ff, n_positions=c.max_seq_len,
+                    tie_word_embeddings=c.tie_embeddings, is_encoder_decoder=True, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, torch_dtype=dt)
+    if c.arch == 'bert':
+        return dict(architectures=[hf_archs['bert']], model_type='bert', vocab_size=c.vocab_size, hidden_size=c.dim, num_hidden_layers=c.n_layers,
+                    num_attention_heads=c.n_heads, intermediate_size=c.hidden, hidden_act={'gelu_tanh': 'gelu_new'}.get(c.act, c.act),
+                    max_position_embeddings=c.max_seq_len, type_vocab_size=c.type_vocab_size, layer_norm_eps=c.norm_eps,
+                    position_embedding_type='absolute', torch_dtype=dt, **(dict(num_labels=c.n_labels) if c.n_labels else {}))
     d = dict(architectures=[hf_archs[c.arch]], model_type=c.arch, vocab_size=c.vocab_size, hidden_size=c.dim,
              num_hidden_layers=c.n_layers, num_attention_heads=c.n_heads, num_key_value_heads=c.n_kv_heads, head_dim=c.head_dim,
              intermediate_size=c.hidden, rms_norm_eps=c.norm_eps, hidden_act='silu', max_position_embeddings=c.max_seq_len,
              rope_theta=c.rope_base, rope_scaling=c.rope_scaling, tie_word_embeddings=c.tie_embeddings,
-             torch_dtype=str(dtype).removeprefix('torch.'))
+             torch_dtype=dt)
     if c.arch == 'llama': d['attention_bias'] = c.qkv_bias
     if c.arch == 'mistral': d['sliding_window'] = c.window
     if c.arch == 'qwen2':
@@ -126,53 +258,86 @@ def config_to_hf(c:Config, dtype=torch.float32) -> dict:
     return d
 
 # %% ../nbs/04_models.ipynb #66943fed
+def make_norm(cfg:Config, dim:int|None=None) -> nn.Module:
+    "The norm layer `cfg` asks for: RMSNorm, or LayerNorm with or without a bias."
+    dim = dim or cfg.dim
+    return RMSNorm(dim, cfg.norm_eps) if cfg.norm == 'rms' else nn.LayerNorm(dim, cfg.norm_eps, bias=cfg.norm_bias)
+
 class Attention(nn.Module):
-    "Multi-head attention with grouped-query keys/values, optional rotary embeddings and KV cache."
-    def __init__(self, dim:int, n_heads:int, n_kv_heads:int, head_dim:int, bias:bool=False, out_bias:bool=False):
+    "Multi-head attention with grouped-query keys/values, optional rotary embeddings or ALiBi, QK norms and KV cache."
+    def __init__(self, dim:int, n_heads:int, n_kv_heads:int, head_dim:int, bias:bool=False, out_bias:bool=False,
+                 qk_norm=None, # a function `width -> norm module` applied to the q and k projections (None: no QK norm)
+                 clip:float|None=None, # clamp q, k and v to +-clip
+                 scale:float|None=None): # score scale (None: 1/sqrt(head_dim))
         super().__init__()
-        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.n_heads, self.n_kv_heads, self.head_dim, self.clip, self.scale = n_heads, n_kv_heads, head_dim, clip, scale
         self.wq = nn.Linear(dim, n_heads * head_dim, bias=bias)
         self.wk = nn.Linear(dim, n_kv_heads * head_dim, bias=bias)
         self.wv = nn.Linear(dim, n_kv_heads * head_dim, bias=bias)
         self.wo = nn.Linear(n_heads * head_dim, dim, bias=out_bias)
+        if qk_norm is not None: self.q_norm, self.k_norm = qk_norm(n_heads * head_dim), qk_norm(n_kv_heads * head_dim)
 
-    def forward(self, x, rope=None, mask='causal', window=None, cache=None, layer:int=0):
+    def kv(self, x):
+        "Keys and values (B, H_kv, T, D) of `x`."
         B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        k, v = self.wk(x), self.wv(x)
+        if self.clip: k, v = k.clamp(-self.clip, self.clip), v.clamp(-self.clip, self.clip)
+        if hasattr(self, 'k_norm'): k = self.k_norm(k)
+        return k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2), v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x, rope=None, mask='causal', window=None, cache=None, layer:int=0, alibi=None, bias=None,
+                ctx=None): # cross-attention: the encoder states (B, S, dim), or their keys and values from `kv`
+        B, T, _ = x.shape
+        q = self.wq(x)
+        if self.clip: q = q.clamp(-self.clip, self.clip)
+        if hasattr(self, 'q_norm'): q = self.q_norm(q)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k, v = ctx if isinstance(ctx, tuple) else self.kv(x if ctx is None else ctx)
         if rope is not None: q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if cache is not None: k, v = cache.update(layer, k, v)
-        return self.wo(attend(q, k, v, mask, window).transpose(1, 2).reshape(B, T, -1))
+        if cache is not None and ctx is None: k, v = cache.update(layer, k, v)
+        return self.wo(attend(q, k, v, mask, window, self.scale, alibi=alibi, bias=bias).transpose(1, 2).reshape(B, T, -1))
 
 class MLP(nn.Module):
-    "Gated MLP: `down(act(gate(x)) * up(x))` (SwiGLU with `act=F.silu`)."
-    def __init__(self, dim:int, hidden:int, act=F.silu, bias:bool=False):
+    "Gated MLP `down(act(gate(x)) * up(x))` (SwiGLU with `act=F.silu`), or plain `down(act(up(x)))` with `gated=False`."
+    def __init__(self, dim:int, hidden:int, act=F.silu, bias:bool=False, gated:bool=True):
         super().__init__()
         self.act = act
-        self.gate, self.up, self.down = nn.Linear(dim, hidden, bias=bias), nn.Linear(dim, hidden, bias=bias), nn.Linear(hidden, dim, bias=bias)
-    def forward(self, x): return self.down(self.act(self.gate(x)) * self.up(x))
+        if gated: self.gate = nn.Linear(dim, hidden, bias=bias)
+        self.up, self.down = nn.Linear(dim, hidden, bias=bias), nn.Linear(hidden, dim, bias=bias)
+    def forward(self, x):
+        h = self.up(x)
+        return self.down(self.act(self.gate(x)) * h if hasattr(self, 'gate') else self.act(h))
 
 class Block(nn.Module):
-    "Pre-norm transformer block: `x + attn(norm(x))`, then `x + mlp(norm(x))`."
-    def __init__(self, attn:nn.Module, mlp:nn.Module, attn_norm:nn.Module, mlp_norm:nn.Module):
+    "Pre-norm block `x + attn(norm(x))`, [`x + cross(norm(x))`], `x + mlp(norm(x))`; with `pre_norm=False`, post-norm `norm(x + f(x))`."
+    def __init__(self, attn:nn.Module, mlp:nn.Module, attn_norm:nn.Module, mlp_norm:nn.Module, pre_norm:bool=True,
+                 cross:nn.Module|None=None, cross_norm:nn.Module|None=None): # cross-attention to an encoder's output (encoder-decoder)
         super().__init__()
-        self.attn_norm, self.attn, self.mlp_norm, self.mlp = attn_norm, attn, mlp_norm, mlp
-    def forward(self, x, **kw):
-        x = x + self.attn(self.attn_norm(x), **kw)
-        return x + self.mlp(self.mlp_norm(x))
+        self.attn_norm, self.attn, self.mlp_norm, self.mlp, self.pre_norm = attn_norm, attn, mlp_norm, mlp, pre_norm
+        if cross is not None: self.cross_norm, self.cross = cross_norm, cross
+    def forward(self, x, ctx=None, ctx_mask=None, **kw):
+        res = (lambda x, f, n: n(x + f(x))) if not self.pre_norm else (lambda x, f, n: x + f(n(x)))
+        x = res(x, lambda h: self.attn(h, **kw), self.attn_norm)
+        if hasattr(self, 'cross'): x = res(x, lambda h: self.cross(h, mask=ctx_mask, ctx=ctx), self.cross_norm)
+        return res(x, self.mlp, self.mlp_norm)
 
-# %% ../nbs/04_models.ipynb #824830d4
+def make_block(cfg:Config, cross:bool=False) -> Block:
+    "One transformer block as `cfg` describes it (with cross-attention for an encoder-decoder's decoder)."
+    att = lambda: Attention(cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, bias=cfg.qkv_bias or cfg.bias, out_bias=cfg.bias,
+                            qk_norm=(lambda n: make_norm(cfg, n)) if cfg.qk_norm else None, clip=cfg.clip_qkv, scale=cfg.attn_scale)
+    mlp = MLP(cfg.dim, cfg.hidden, acts[cfg.act], bias=cfg.bias, gated=cfg.gated)
+    return Block(att(), mlp, make_norm(cfg), make_norm(cfg), pre_norm=cfg.pre_norm, cross=att() if cross else None, cross_norm=make_norm(cfg) if cross else None)
+
+# %% ../nbs/04_models.ipynb #19d74e9e
 class Decoder(nn.Module):
-    "A decoder-only causal LM (Llama family) built from shared blocks."
+    "A decoder-only causal LM (Llama family, Mistral, Qwen2, MPT) built from shared blocks."
     def __init__(self, cfg:Config):
         super().__init__()
+        check(cfg.pos in ('rope', 'alibi') and cfg.pre_norm, f"Decoder: pos {cfg.pos!r} / pre_norm {cfg.pre_norm} not supported (rope or alibi, pre-norm)")
         self.cfg = cfg
         self.emb = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.blocks = nn.ModuleList(Block(Attention(cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, bias=cfg.qkv_bias),
-                                          MLP(cfg.dim, cfg.hidden), RMSNorm(cfg.dim, cfg.norm_eps), RMSNorm(cfg.dim, cfg.norm_eps))
-                                    for _ in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.blocks = nn.ModuleList(make_block(cfg) for _ in range(cfg.n_layers))
+        self.norm = make_norm(cfg)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         self.tie()
 
@@ -189,7 +354,8 @@ class Decoder(nn.Module):
     def forward(self, x, cache:KVCache|None=None, valid=None, docs=None, last:bool=False, keep=None):
         B, T = x.shape
         start = cache.pos if cache is not None else 0
-        check(start + T <= self.cfg.max_seq_len, f"{start + T} tokens exceed the model's context of {self.cfg.max_seq_len} (config field max_seq_len)")
+        alibi = self.cfg.pos == 'alibi'
+        check(alibi or start + T <= self.cfg.max_seq_len, f"{start + T} tokens exceed the model's context of {self.cfg.max_seq_len} (config field max_seq_len)")
         slots = torch.arange(start, start + T, device=x.device)
         if cache is not None:
             cache.valid[:, start:start + T] = True if valid is None else valid
@@ -200,7 +366,8 @@ class Decoder(nn.Module):
             check(cache is None, "document ids (packed sequences) are for training, without a KV cache")
             first = torch.ones_like(docs, dtype=torch.bool); first[:, 1:] = docs[:, 1:] != docs[:, :-1]
             pos = slots - torch.where(first, slots, 0).cummax(-1).values
-        rope = rope_cos_sin(rope_freqs(self.cfg.head_dim, self.cfg.rope_base, self.cfg.rope_scaling, x.device), pos, self.emb.weight.dtype)
+        rope = None if alibi else rope_cos_sin(rope_freqs(self.cfg.head_dim, self.cfg.rope_base, self.cfg.rope_scaling, x.device), pos, self.emb.weight.dtype)
+        slopes = alibi_slopes(self.cfg.n_heads, self.cfg.alibi_max, x.device) if alibi else None
         masks = {}
         def mask(w):
             "'causal', None (every key) or a boolean tensor, built once per window size."
@@ -211,7 +378,7 @@ class Decoder(nn.Module):
         h = self.emb(x)
         for i, b in enumerate(self.blocks):
             w = self.cfg.layer_window(i)
-            h = b(h, rope=rope, mask=mask(w), window=w, cache=cache, layer=i)
+            h = b(h, rope=rope, mask=mask(w), window=w, cache=cache, layer=i, alibi=slopes)
         if cache is not None: cache.pos += T
         if last: h = h[:, -1:]
         if keep is not None: h = h[keep]
