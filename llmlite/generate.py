@@ -92,9 +92,10 @@ def generate_ids(model, ids:list, max_new_tokens:int=256, temperature:float=0., 
     dev = model.emb.weight.device
     B, L, P = len(ids), max(len(i) for i in ids), len(prefix.ids) if prefix else 0
     check(min(len(i) for i in ids) > 0 or P, "empty prompt: give at least one token")
-    ctx = model.cfg.max_seq_len
-    check(P + L < ctx, f"prompt of {P + L} tokens does not fit the model's context of {ctx} tokens (config field max_seq_len)")
-    max_new_tokens = min(max_new_tokens, ctx - P - L)
+    if model.cfg.pos != 'alibi':    # ALiBi has no position table: it extrapolates past the trained context
+        ctx = model.cfg.max_seq_len
+        check(P + L < ctx, f"prompt of {P + L} tokens does not fit the model's context of {ctx} tokens (config field max_seq_len)")
+        max_new_tokens = min(max_new_tokens, ctx - P - L)
     cache = model.new_cache(B, P + L + max_new_tokens)
     if prefix:
         for c, p in zip(cache.k + cache.v, prefix.k + prefix.v): c[:, :, :P] = p
