@@ -424,6 +424,34 @@ def fsdp_post_all_gather(self:QTensor, outputs, metadata, param_dtype, *, out=No
         return
     return QTensor({k: got[k] for k in names}, method, bits, gs, shape, param_dtype), tuple(outputs)
 
+# %% ../nbs/01_quant.ipynb #309726c6
+@_impl(_aten.new_zeros.default)
+def _(func, args, kwargs):
+    t, size = args[0], torch.Size(args[1])
+    check(size[1:] == t.shape[1:] and size[0] <= t.shape[0], f"QTensor.new_zeros: {tuple(size)} is not a block of rows of {tuple(t.shape)}")
+    return t.rows(0, size[0])._new(torch.zeros_like)
+
+@_impl(_aten.narrow.default, _aten.slice.Tensor)
+def _(func, args, kwargs):
+    t, dim, start, end, step = (list(args) + [0, None, None, 1][len(args) - 1:])[:5]
+    if func is _aten.narrow.default: end = start + end
+    check(dim == 0 and step == 1, f"a QTensor of shape {tuple(t.shape)} can only be sliced along dim 0 with step 1, got dim={dim}, step={step}")
+    return t.rows(start or 0, t.shape[0] if end is None else end)
+
+@_impl(_aten.view.default, _aten._unsafe_view.default)
+def _(func, args, kwargs):
+    t, size = args[0], list(args[1])
+    if -1 in size: size[size.index(-1)] = t.numel() // -math.prod(size)
+    check(math.prod(size) == t.numel(), f"can't view a QTensor of shape {tuple(t.shape)} as {tuple(size)}")
+    return t._new(shape=torch.Size(size))
+
+@_impl(_aten.as_strided.default)
+def _(func, args, kwargs):
+    t, size, stride, off = (list(args) + [kwargs.get('storage_offset', 0)])[:4]
+    check(tuple(size) == tuple(t.shape) and tuple(stride) == tuple(t.stride()) and not off,
+          f"a QTensor of shape {tuple(t.shape)} can only be viewed as itself, got as_strided({tuple(size)}, {tuple(stride)}, {off})")
+    return t._new()
+
 # %% ../nbs/01_quant.ipynb #d1ed05df
 def is_skipped(name:str, skip) -> bool:
     "Whether module `name` matches one of the names or regexes in `skip` (full name or its last part)."
