@@ -10,7 +10,6 @@ PROMPT = [dict(role='user', content='Explain in a paragraph why the sky is blue.
 def run_llmlite(n):
     from llmlite.core import MemoryMeter
     from llmlite.cli import default_model
-    import torch
     from llmlite.checkpoints import load
     from llmlite.generate import generate_ids
     p = default_model()

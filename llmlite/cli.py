@@ -9,10 +9,9 @@ __all__ = ['commands', 'default_model', 'bundled', 'read_config', 'add_options',
            'Eval', 'Quantize', 'Merge', 'run_generate', 'run_eval', 'run_quantize', 'run_merge', 'parser', 'main']
 
 # %% ../nbs/11_cli.ipynb #86f0597a
-import argparse, dataclasses, difflib, importlib.resources, importlib.util, json, sys, time, tomllib, types
+import argparse, difflib, importlib.resources, importlib.util, json, sys, time, tomllib, types
 from dataclasses import dataclass, fields
 from pathlib import Path
-import torch
 from .core import LLMLiteError, check, seed_everything
 from .checkpoints import load, save_model
 from .adapters import add_adapters, save_adapter, load_adapter, merge_adapters, trainable_params

@@ -6,9 +6,7 @@ Docs: https://llmlite.github.io/llmlite/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #cf80b0a5
 from __future__ import annotations
-import os, random, re, resource, threading, time
-from contextlib import contextmanager
-from pathlib import Path
+import os, random, threading, time
 import numpy as np, torch
 
 # %% auto #0

@@ -6,8 +6,8 @@ Docs: https://llmlite.github.io/llmlite/models.html.md"""
 
 # %% ../nbs/04_models.ipynb #b7f1f7c1
 from __future__ import annotations
-import dataclasses, json
-from dataclasses import dataclass, field, asdict
+import dataclasses
+from dataclasses import dataclass
 import torch, torch.nn as nn, torch.nn.functional as F
 from .core import LLMLiteError, check
 from .attention import RMSNorm, rope_freqs, rope_cos_sin, apply_rope, alibi_slopes, attn_mask, attend, KVCache

@@ -2,7 +2,7 @@
 import copy, json, os, pytest, torch, torch.nn as nn, torch.nn.functional as F
 import transformers, peft
 from llmlite.core import LLMLiteError
-from llmlite.checkpoints import load, hf_keymap
+from llmlite.checkpoints import load
 from llmlite.quant import QLinear, quantize, quantize_linear
 from llmlite.adapters import (AdapterConfig, AdapterLinear, add_adapters, adapter_layers, adapter_names, dense_weight, delete_adapter,
                               disable_adapters, load_adapter, merge_adapters, save_adapter, set_adapter, trainable_params, unload_adapters)

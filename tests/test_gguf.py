@@ -1,7 +1,6 @@
 "GGUF reading: a tiny Llama written with gguf.GGUFWriter in several tensor types, and damaged files."
-import shutil
 import gguf, numpy as np, pytest, torch, transformers
-from llmlite.checkpoints import load, GGUFFile, KeyMap, hf_names, gguf_names
+from llmlite.checkpoints import load, KeyMap, hf_names, gguf_names
 from llmlite.core import LLMLiteError
 
 def permute(w, n):
