@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 import torch, torch.nn as nn, torch.nn.functional as F
-from safetensors import safe_open
 from safetensors.torch import save_file
 from fastcore.basics import patch
 from .core import LLMLiteError, check
 from .quant import QTensor, QLinear, quantize_linear
-from .checkpoints import hf_keymap, atomic_write
+from .checkpoints import hf_keymap, atomic_write, SafetensorsFile
 
 # %% auto #0
 __all__ = ['KINDS', 'AdapterConfig', 'dense_weight', 'AdapterLinear', 'linear_layers', 'adapter_layers', 'find_targets',
@@ -283,10 +282,7 @@ def load_adapter(model:nn.Module, d, name:str='default'):
     "Load the PEFT adapter in directory `d` into `model` as adapter `name`, and activate it."
     cfg, f = read_adapter_config(d), Path(d)/'adapter_model.safetensors'
     check(name not in adapter_names(model), f"the model already has an adapter named {name!r}; pass another name")
-    check(f.exists(), f"{f}: file not found")
-    try:
-        with safe_open(f, 'pt', device='cpu') as sf: sd = {k: sf.get_tensor(k) for k in sf.keys()}
-    except Exception as e: raise LLMLiteError(f"{f}: not a readable safetensors file ({type(e).__name__}: {e})") from None
+    sd = dict(SafetensorsFile(f).items())
     _, to_ours = _hf_paths(model)
     lin, found = linear_layers(model), {}
     pat = re.compile(re.escape(_PREFIX) + r'(.+)\.(' + '|'.join(map(re.escape, _SUFFIXES)) + ')')

@@ -10,10 +10,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
-from .core import LLMLiteError, check
-from .checkpoints import atomic_write
+from .core import check
+from .checkpoints import atomic_write, SafetensorsFile
 
 # %% auto #0
 __all__ = ['sample', 'Prefix', 'make_prefix', 'save_prefix', 'load_prefix', 'generate_ids', 'generate', 'stream']
@@ -70,12 +69,8 @@ def save_prefix(p:Prefix, path, model):
 
 def load_prefix(path, model) -> Prefix:
     "Read a prefix cache saved by `save_prefix`, checking it was made by a model of `model`'s shape."
-    path = Path(path)
-    check(path.exists(), f"{path}: file not found")
-    try:
-        with safe_open(path, 'pt', device=str(model.emb.weight.device)) as f:
-            meta, ts = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e: raise LLMLiteError(f"{path}: not a readable prefix cache ({type(e).__name__}: {e})") from None
+    path, f = Path(path), SafetensorsFile(path)
+    meta, ts = f.meta, {k: t.to(model.emb.weight.device) for k, t in f.items()}
     check('model' in meta and 'ids' in ts, f"{path}: not a prefix cache (no 'model' metadata or 'ids' tensor)")
     got, want = json.loads(meta['model']), _sig(model)
     bad = [f"{k}: file {got.get(k)} vs model {v}" for k, v in want.items() if got.get(k) != v]
