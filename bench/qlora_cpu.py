@@ -2,12 +2,13 @@
 
 SmolLM2-135M-Instruct with an NF4 base (fp32 compute) and LoRA r=16 on every linear layer of the blocks,
 trained with AdamW on the same batches of the bundled date task (loss on the responses): llmlite through its
-`Learner`, transformers + PEFT through a plain loop over the same batches. Each side runs in a fresh
-subprocess and reports training tokens/s (after warm-up steps) and peak RSS (sampled) during training; the
-parent prints ratios and the achieved GFLOP/s against a measured fp32 matmul ceiling.
-Usage: python bench/qlora_cpu.py [--steps 10] [--warmup 2] [--bs 8]
+`Learner`, transformers + PEFT through a plain loop over the same batches. Each side lives in its own
+subprocess (so peak RSS, sampled during training, is its own); after loading and warm-up the parent runs them
+in alternating rounds of a few steps each, so a busy machine slows both alike: the tokens/s ratio is the
+median of the rounds' ratios. The parent also prints the achieved GFLOP/s against a measured fp32 matmul ceiling.
+Usage: python bench/qlora_cpu.py [--steps 10] [--rounds 5] [--warmup 2] [--bs 8]
 """
-import argparse, json, subprocess, sys, tempfile, time, warnings
+import argparse, json, os, statistics, subprocess, sys, tempfile, time, warnings
 from pathlib import Path
 import torch
 
@@ -18,7 +19,10 @@ def loader(bs):
     from llmlite.tokenizer import Tokenizer
     return chat_data(bundled('dates_train.jsonl'), Tokenizer.from_gguf(default_model()), seq_len=128, bs=bs, seed=0)
 
+def say(**kw): print('@' + json.dumps(kw), flush=True)
+
 def train(side, hf_dir, steps, warmup, bs):
+    "Child: load, warm up, then run the parent's `<first step> <count>` commands until an empty line; report peak RSS."
     warnings.filterwarnings('ignore')
     from llmlite.core import MemoryMeter
     from llmlite.data import lm_loss
@@ -43,14 +47,16 @@ def train(side, hf_dir, steps, warmup, bs):
             b = dl.batch(i)
             loss = lm_loss(model(input_ids=b['input_ids']).logits, b['labels']); loss.backward(); opt.step(); opt.zero_grad()
             return loss.item()
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     for i in range(warmup): step(i)
+    say(ready=True)
     with MemoryMeter() as mem:
-        t = time.perf_counter()
-        losses = [step(i) for i in range(warmup, warmup + steps)]
-        dt = time.perf_counter() - t
-    toks = sum(dl.batch(i)['input_ids'].numel() for i in range(warmup, warmup + steps))
-    print(json.dumps(dict(tok_s=toks / dt, step_s=dt / steps, peak=mem.peak, trainable=trainable, last_loss=losses[-1])))
+        for line in sys.stdin:
+            if not line.strip(): break
+            i0, n = map(int, line.split())
+            t = time.perf_counter()
+            losses = [step(i) for i in range(i0, i0 + n)]
+            say(dt=time.perf_counter() - t, toks=sum(dl.batch(i)['input_ids'].numel() for i in range(i0, i0 + n)), loss=losses[-1])
+    say(peak=mem.peak, trainable=sum(p.numel() for p in model.parameters() if p.requires_grad))
 
 def matmul_ceiling(n=2048, reps=5):
     "Measured fp32 matmul GFLOP/s on this machine (best of `reps`)."
@@ -59,14 +65,26 @@ def matmul_ceiling(n=2048, reps=5):
     best = min((lambda t: (a @ b, time.perf_counter() - t)[1])(time.perf_counter()) for _ in range(reps))
     return 2 * n ** 3 / best / 1e9
 
+def ask(p, cmd=None):
+    "Send `cmd` to child `p` (if any) and return its next report."
+    if cmd is not None: p.stdin.write(cmd + '\n'); p.stdin.flush()
+    for line in p.stdout:
+        if line.startswith('@'): return json.loads(line[1:])
+    sys.exit(f"a side exited early:\n{p.stderr.read()[-3000:]}")
+
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--steps', type=int, default=10); ap.add_argument('--warmup', type=int, default=2); ap.add_argument('--bs', type=int, default=8)
+    ap.add_argument('--steps', type=int, default=10, help='timed steps per side, in all')
+    ap.add_argument('--rounds', type=int, default=5, help='alternating rounds the timed steps are split into')
+    ap.add_argument('--warmup', type=int, default=2); ap.add_argument('--bs', type=int, default=8)
     ap.add_argument('--side', nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.side: train(*a.side, a.steps, a.warmup, a.bs); sys.exit()
     from llmlite.cli import default_model
     from llmlite.models import Config
+    sides = ('llmlite', 'transformers')
+    per = [a.steps // a.rounds + (r < a.steps % a.rounds) for r in range(a.rounds)]
+    load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         # transformers + bitsandbytes quantize from a dense HF directory: write the GGUF's weights as one, outside the timing
@@ -74,21 +92,30 @@ if __name__ == '__main__':
         model, tok = load(default_model())
         save_model(model, d/'hf', tok)
         del model
-        res = {}
-        for side in ('llmlite', 'transformers'):
-            r = subprocess.run([sys.executable, __file__, '--side', side, str(d/'hf'), '--steps', str(a.steps), '--warmup', str(a.warmup), '--bs', str(a.bs)],
-                               capture_output=True, text=True)
-            if r.returncode: sys.exit(f"{side} failed:\n{r.stderr[-3000:]}")
-            res[side] = json.loads(r.stdout.strip().splitlines()[-1])
+        ps = {s: subprocess.Popen([sys.executable, __file__, '--side', s, str(d/'hf'), '--steps', str(a.steps), '--warmup', str(a.warmup), '--bs', str(a.bs)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for s in sides}
+        for p in ps.values(): ask(p)
+        rounds, i0 = [], a.warmup
+        for r, n in enumerate(per):
+            order = sides if r % 2 == 0 else sides[::-1]   # alternate who goes first
+            rounds.append({s: ask(ps[s], f"{i0} {n}") for s in order})
+            i0 += n
+        res = {s: ask(ps[s], '') for s in sides}
+        for p in ps.values(): p.wait()
+    for s in sides:
+        res[s] |= dict(tok_s=sum(r[s]['toks'] for r in rounds) / sum(r[s]['dt'] for r in rounds), step_s=sum(r[s]['dt'] for r in rounds) / a.steps, last_loss=rounds[-1][s]['loss'])
+    ratios = [(r['llmlite']['toks'] / r['llmlite']['dt']) / (r['transformers']['toks'] / r['transformers']['dt']) for r in rounds]
     cfg = Config.from_name('SmolLM2-135M')
     n_lin = cfg.n_params - (2 * cfg.n_layers + 1) * cfg.dim   # every matmul weight: the blocks' linears and the (tied) head
     ceil = matmul_ceiling()
     l, t = res['llmlite'], res['transformers']
-    print(f"QLoRA SmolLM2-135M-Instruct, NF4 base, LoRA r=16 all linear, fp32, bs {a.bs}, date task (~74 tokens/row), {a.steps} timed steps after {a.warmup} warm-up, {torch.get_num_threads()} threads")
+    print(f"QLoRA SmolLM2-135M-Instruct, NF4 base, LoRA r=16 all linear, fp32, bs {a.bs}, date task (~74 tokens/row), {a.steps} timed steps "
+          f"in {a.rounds} alternating rounds after {a.warmup} warm-up, {torch.get_num_threads()} threads; load average {load0:.1f} at start, {os.getloadavg()[0]:.1f} at end")
     print(f"fp32 matmul ceiling (2048^3): {ceil:.1f} GFLOP/s; GFLOP/s below are model FLOPs (as in MFU): 4 x matmul params x tokens")
     print("(frozen base: forward + input gradient), whether or not a side skips work such as the head where no label follows")
     print(f"{'':14}{'tokens/s':>10}{'step s':>9}{'peak RSS MiB':>14}{'GFLOP/s':>9}{'% ceiling':>11}{'last loss':>11}")
     for k, o in res.items():
         g = 4 * n_lin * o['tok_s'] / 1e9
         print(f"{k:14}{o['tok_s']:>10.1f}{o['step_s']:>9.2f}{o['peak'] / 2**20:>14.0f}{g:>9.1f}{100 * g / ceil:>10.1f}%{o['last_loss']:>11.4f}")
-    print(f"llmlite / transformers: {l['tok_s'] / t['tok_s']:.2f}x tokens/s, {l['peak'] / t['peak']:.2f}x peak RSS")
+    print(f"llmlite / transformers tokens/s per round: {' '.join(f'{x:.2f}' for x in ratios)}")
+    print(f"llmlite / transformers: {statistics.median(ratios):.2f}x tokens/s (median of rounds), {l['peak'] / t['peak']:.2f}x peak RSS")

@@ -6,7 +6,7 @@ Docs: https://llmlite.github.io/llmlite/adapters.html.md"""
 
 # %% ../nbs/02_adapters.ipynb #1406abf2
 from __future__ import annotations
-import json, math, re
+import dataclasses, json, math, re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from fastcore.basics import patch
 from .core import LLMLiteError, check
 from .quant import QTensor, QLinear, quantize_linear
-from .checkpoints import hf_keymap, atomic_write, SafetensorsFile
+from .checkpoints import hf_keymap, atomic_write, SafetensorsFile, _fused
 
 # %% auto #0
 __all__ = ['KINDS', 'AdapterConfig', 'dense_weight', 'AdapterLinear', 'linear_layers', 'adapter_layers', 'find_targets',
@@ -93,20 +93,46 @@ def dora_norm(self:AdapterLinear, name:str, aw:torch.Tensor) -> torch.Tensor:
     n2 = self.weight_norm2() + 2 * s * (b * aw.detach().float().t()).sum(1) + s * s * ((b @ (a @ a.t())) * b).sum(1)
     return n2.clamp_min(0).sqrt()
 
+class _DoRA(torch.autograd.Function):
+    "DoRA's `g ⊙ (W x + s·B·A·xd) + bias`, `g = m / ||W + s·B·A||` with the norm a constant, from one dense or dequantized `W` per pass (`W` frozen)."
+    @staticmethod
+    def forward(ctx, x, xd, a, b, m, bias, lyr, name):
+        w, s = lyr.base.weight, lyr.cfgs[name].scale
+        wd = w.dequantize(x.dtype) if isinstance(w, QTensor) else w
+        t, n = F.linear(xd, a) * s, lyr.dora_norm(name, F.linear(a, wd)).to(m.dtype)
+        g, z = (m / n).to(x.dtype), F.linear(x, wd).addmm_(t, b.t())
+        ctx.save_for_backward(xd, a, b, t, z, g, n)
+        ctx.lyr, ctx.s, ctx.same = lyr, s, xd is x
+        return z * g if bias is None else torch.addcmul(bias.to(x.dtype), z, g)
+
+    @staticmethod
+    def backward(ctx, gy):
+        xd, a, b, t, z, g, n = ctx.saved_tensors
+        need, s = ctx.needs_input_grad, ctx.s
+        gz = gy * z   # one buffer: first for the magnitude's gradient, then for the gradient of z
+        gm = gz.sum(0).div_(n).to(n.dtype) if need[4] else None
+        gz = torch.mul(gy, g, out=gz)
+        gt = gz @ b
+        ga = (gt.t() @ xd).mul_(s) if need[2] else None
+        gb = gz.t() @ t if need[3] else None
+        gl = (gt * s) @ a if need[1] or (need[0] and ctx.same) else None   # through the adapter's input
+        gx = None
+        if need[0]:
+            w = ctx.lyr.base.weight
+            gx = gz @ (w.dequantize(gz.dtype) if isinstance(w, QTensor) else w)
+            if ctx.same: gx += gl
+        gbias = gy.sum(0) if need[5] else None   # a frozen base's bias has none
+        return gx, None if ctx.same else gl, ga, gb, gm, gbias, None, None
+
 @patch
 def forward(self:AdapterLinear, x):
     n = self.active
     if self.disabled or n not in self.cfgs: return self.base(x)
     c, a, b = self.cfgs[n], self.lora_a[n].to(x.dtype), self.lora_b[n].to(x.dtype)
     xs = x.reshape(-1, x.shape[-1])
-    t = F.linear(F.dropout(xs, c.dropout, self.training) if c.dropout else xs, a) * c.scale
-    if c.kind == 'lora': return torch.addmm(self.base(xs), t, b.t()).view(*x.shape[:-1], -1)
-    w = self.base.weight
-    if isinstance(w, QTensor): y, aw = F.linear(torch.cat([xs, a.detach()]), w).split([len(xs), c.r])
-    else: y, aw = F.linear(xs, w), F.linear(a.detach(), w)
-    g = (self.magnitude[n] / self.dora_norm(n, aw).to(self.magnitude[n].dtype)).to(x.dtype)
-    y, bias = torch.addmm(y, t, b.t()), self.base.bias
-    y = y * g if bias is None else torch.addcmul(bias.to(x.dtype), y, g)
+    xd = F.dropout(xs, c.dropout, self.training) if c.dropout else xs
+    if c.kind == 'lora': y = torch.addmm(self.base(xs), F.linear(xd, a) * c.scale, b.t())
+    else: y = _DoRA.apply(xs, xd, a, b, self.magnitude[n], self.base.bias, self, n)
     return y.view(*x.shape[:-1], -1)
 
 # %% ../nbs/02_adapters.ipynb #79e2fa99
@@ -217,34 +243,72 @@ def unload_adapters(model:nn.Module):
     return model
 
 # %% ../nbs/02_adapters.ipynb #c2691712
+def _fused_layers(model) -> dict:
+    "`{our path of a fused layer: its parts' paths}` for the layers `model`'s Hugging Face checkpoints store fused (MPT's `Wqkv`)."
+    lin, res = linear_layers(model), {}
+    for whole, parts in _fused.get(getattr(getattr(model, 'cfg', None), 'arch', None), []):
+        for p in lin:
+            if p.endswith('.' + parts[0]): res[p[:-len(parts[0])] + whole] = [p[:-len(parts[0])] + q for q in parts]
+    return res
+
 def _hf_paths(model):
-    "Translators (ours -> Hugging Face, Hugging Face -> ours) for the module paths of `model`."
+    "Translators (ours -> Hugging Face, Hugging Face -> ours) for the module paths of `model`; a part of a fused layer maps to the fused layer."
     cfg = getattr(model, 'cfg', None)
     if cfg is None: return (lambda p: p), (lambda p: p)
-    km = hf_keymap(cfg)
-    return (lambda p: km(p) or p), (lambda p: km.inv(p) or p)
+    km, whole = hf_keymap(cfg), {q: w for w, ps in _fused_layers(model).items() for q in ps}
+    return (lambda p: km(whole.get(p, p)) or p), (lambda p: km.inv(p) or p)
 
 _PREFIX = 'base_model.model.'
+_TASKS = {'Decoder': 'CAUSAL_LM', 'EncoderDecoder': 'SEQ_2_SEQ_LM'}  # PEFT's task_type; an encoder's is None (PEFT's plain PeftModel)
 _SUFFIXES = {'lora_A.weight': 'lora_a', 'lora_B.weight': 'lora_b', 'lora_magnitude_vector': 'magnitude'}
+
+def _fuse_adapter(ms:list, name:str, hf:str):
+    "A config and tensors for fused layer `hf` computing what adapter `name` computes on its parts `ms` (a part without it: unchanged)."
+    ad = [m for m in ms if isinstance(m, AdapterLinear) and name in m.cfgs]
+    c = ad[0].cfgs[name]
+    check(all(m.cfgs[name].kind == c.kind and math.isclose(m.cfgs[name].scale, c.scale) for m in ad),
+          f"adapter {name!r} differs in kind or scale between the parts of {hf}, which PEFT stores as one layer with one kind and scale")
+    a = [m.lora_a[name].detach() for m in ad]
+    if len(ad) == len(ms) and all(torch.equal(a[0], x) for x in a): a, b = a[0], torch.cat([m.lora_b[name].detach() for m in ms])
+    else:  # A stacked, B block-diagonal (zero rows for a part without the adapter), alpha keeping the scale: exact, rank sum(r)
+        a = torch.cat(a)
+        b, i, j = a.new_zeros(sum(m.out_features for m in ms), len(a)), 0, 0
+        for m in ms:
+            if m in ad: b[i:i + m.out_features, j:j + m.cfgs[name].r] = m.lora_b[name].detach(); j += m.cfgs[name].r
+            i += m.out_features
+        c = dataclasses.replace(c, r=len(a), alpha=c.scale * (math.sqrt(len(a)) if c.rslora else len(a)))
+    ts = dict(lora_a=a, lora_b=b)
+    if c.kind == 'dora': ts['magnitude'] = torch.cat([m.magnitude[name].detach() if m in ad else   # m = ||W||: a part left as it is
+                                                      dense_weight(getattr(m, 'base', m)).norm(dim=1).to(b.dtype) for m in ms])
+    return c, ts
+
+def _adapter_units(model, name:str) -> dict:
+    "Adapter `name` of `model` as PEFT stores it: `{Hugging Face module path: (AdapterConfig, {attr: tensor})}`."
+    to_hf, lin, res = _hf_paths(model)[0], linear_layers(model), {}
+    whole = {q: ps for ps in _fused_layers(model).values() for q in ps}
+    for p, m in adapter_layers(model).items():
+        if name not in m.cfgs or to_hf(p) in res: continue
+        if p in whole: res[to_hf(p)] = _fuse_adapter([lin[q] for q in whole[p]], name, to_hf(p))
+        else: res[to_hf(p)] = m.cfgs[name], {k: getattr(m, k)[name].detach() for k in _SUFFIXES.values() if name in getattr(m, k)}
+    return res
 
 def save_adapter(model:nn.Module, d, name:str|None=None):
     "Write adapter `name` (default: the active one) of `model` to directory `d` in PEFT's format."
     name = name or next((m.active for m in adapter_layers(model).values() if m.active), None)
     check(name in adapter_names(model), f"no adapter named {name!r} to save; the model has {adapter_names(model)}")
     d = Path(d); d.mkdir(parents=True, exist_ok=True)
-    to_hf, _ = _hf_paths(model)
-    mods = {p: m for p, m in adapter_layers(model).items() if name in m.cfgs}
-    sd = {}
-    for p, m in mods.items():
-        for suf, attr in _SUFFIXES.items():
-            if name in getattr(m, attr): sd[f"{_PREFIX}{to_hf(p)}.{suf}"] = getattr(m, attr)[name].detach().contiguous()
-    c = next(iter(mods.values())).cfgs[name]
-    paths = [to_hf(p) for p in mods]
+    units = _adapter_units(model, name)
+    sd = {f"{_PREFIX}{p}.{suf}": ts[k].contiguous() for p, (_, ts) in units.items() for suf, k in _SUFFIXES.items() if k in ts}
+    cs = [c for c, _ in units.values()]
+    c = max(cs, key=cs.count)   # the most common rank and alpha; the others go to rank_pattern and alpha_pattern
+    check(len({(u.kind, u.dropout, u.rslora) for u in cs}) == 1, f"adapter {name!r}: its layers differ in kind, dropout or rslora, which PEFT's config holds once for all")
+    paths = list(units)
     leaves = sorted(set(map(_leaf, paths)))
-    same = sorted(paths) == sorted(q for q in map(to_hf, linear_layers(model)) if _leaf(q) in leaves)
+    same = sorted(paths) == sorted({q for q in map(_hf_paths(model)[0], linear_layers(model)) if _leaf(q) in leaves})
     mc = getattr(model, 'cfg', None)
-    conf = dict(peft_type='LORA', task_type='CAUSAL_LM' if mc is not None else None, base_model_name_or_path=getattr(mc, 'name', None) or None,
+    conf = dict(peft_type='LORA', task_type=next((_TASKS[c.__name__] for c in type(model).__mro__ if c.__name__ in _TASKS), None), base_model_name_or_path=getattr(mc, 'name', None) or None,
                 r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout, use_rslora=c.rslora, use_dora=c.kind == 'dora',
+                rank_pattern={p: u.r for p, (u, _) in units.items() if u.r != c.r}, alpha_pattern={p: u.alpha for p, (u, _) in units.items() if u.alpha != c.alpha},
                 target_modules=leaves if same else paths, bias='none', fan_in_fan_out=False, init_lora_weights=True, inference_mode=True)
     atomic_write(d/'adapter_model.safetensors', lambda f: save_file(sd, f, metadata={'format': 'pt'}))
     atomic_write(d/'adapter_config.json', lambda f: Path(f).write_text(json.dumps(conf, indent=2)))
@@ -258,12 +322,15 @@ _PEFT_FIELDS = {'task_type', 'peft_type', 'auto_mapping', 'peft_version', 'base_
     'alora_invocation_tokens', 'use_qalora', 'qalora_group_size', 'monteclora_config', 'layer_replication', 'runtime_config', 'lora_bias',
     'target_parameters', 'use_bdlora', 'arrow_config', 'kasa_config', 'ensure_weight_tying'}
 # options that change what an adapter computes: we run only their default (off)
-_PEFT_OFF = ('fan_in_fan_out', 'modules_to_save', 'rank_pattern', 'alpha_pattern', 'megatron_config', 'trainable_token_indices',
-    'velora_config', 'alora_invocation_tokens', 'use_qalora', 'monteclora_config', 'layer_replication', 'lora_bias', 'target_parameters',
-    'use_bdlora', 'arrow_config', 'kasa_config')
+_PEFT_OFF = ('fan_in_fan_out', 'modules_to_save', 'megatron_config', 'trainable_token_indices', 'velora_config', 'alora_invocation_tokens',
+    'use_qalora', 'monteclora_config', 'layer_replication', 'lora_bias', 'target_parameters', 'use_bdlora', 'arrow_config', 'kasa_config')
 
-def read_adapter_config(d) -> AdapterConfig:
-    "The `AdapterConfig` of the PEFT adapter directory `d`, refusing fields and options we can't honour."
+def _pattern(pats:dict, path:str, default):
+    "The value of the first key of PEFT's `rank_pattern`/`alpha_pattern` `pats` matching module `path` (as PEFT matches), else `default`."
+    return next((v for k, v in pats.items() if re.match(rf"(.*\.)?({k})$", path)), default)
+
+def read_adapter_config(d, module:str|None=None) -> AdapterConfig:
+    "The `AdapterConfig` of the PEFT adapter directory `d` (of its layer `module`, a Hugging Face path: with its rank and alpha pattern), refusing options we can't honour."
     f = Path(d)/'adapter_config.json'
     check(f.exists(), f"{f}: file not found")
     try: c = json.loads(f.read_text())
@@ -275,41 +342,48 @@ def read_adapter_config(d) -> AdapterConfig:
     for k in ('r', 'lora_alpha'): check(k in c, f"{f}: required field {k!r} is missing")
     for k in _PEFT_OFF: check(not c.get(k), f"{f}: field {k!r} = {c.get(k)!r} is not supported (llmlite loads only its default)")
     check(c.get('bias', 'none') == 'none', f"{f}: field 'bias' = {c.get('bias')!r} is not supported (only 'none')")
-    try: return AdapterConfig('dora' if c.get('use_dora') else 'lora', c['r'], c['lora_alpha'], c.get('lora_dropout') or 0., bool(c.get('use_rslora')))
-    except LLMLiteError as e: raise LLMLiteError(f"{f}: {e}") from None
+    r, alpha = c['r'], c['lora_alpha']
+    if module is not None: r, alpha = _pattern(c.get('rank_pattern') or {}, module, r), _pattern(c.get('alpha_pattern') or {}, module, alpha)
+    try: return AdapterConfig('dora' if c.get('use_dora') else 'lora', r, alpha, c.get('lora_dropout') or 0., bool(c.get('use_rslora')))
+    except LLMLiteError as e: raise LLMLiteError(f"{f}: {e if module is None else f'layer {module}: {e}'}") from None
 
 def load_adapter(model:nn.Module, d, name:str='default'):
     "Load the PEFT adapter in directory `d` into `model` as adapter `name`, and activate it."
-    cfg, f = read_adapter_config(d), Path(d)/'adapter_model.safetensors'
+    read_adapter_config(d)
+    f = Path(d)/'adapter_model.safetensors'
     check(name not in adapter_names(model), f"the model already has an adapter named {name!r}; pass another name")
     sd = dict(SafetensorsFile(f).items())
     _, to_ours = _hf_paths(model)
-    lin, found = linear_layers(model), {}
+    lin, fused, found = linear_layers(model), _fused_layers(model), {}
     pat = re.compile(re.escape(_PREFIX) + r'(.+)\.(' + '|'.join(map(re.escape, _SUFFIXES)) + ')')
     for k, t in sd.items():
         m = pat.fullmatch(k)
         check(m is not None, f"{f}: unexpected tensor {k!r} (expected {_PREFIX}<module>.lora_A.weight, .lora_B.weight or .lora_magnitude_vector)")
         path = to_ours(m[1])
-        check(path in lin, f"{f}: tensor {k!r} is for layer {m[1]!r}, which is not a linear layer of this model")
-        found.setdefault(path, {})[_SUFFIXES[m[2]]] = t
+        check(path in lin or path in fused, f"{f}: tensor {k!r} is for layer {m[1]!r}, which is not a linear layer of this model")
+        found.setdefault(m[1], {})[_SUFFIXES[m[2]]] = t
     check(found, f"{f}: holds no adapter tensors")
-    want = ('lora_a', 'lora_b') + (('magnitude',) if cfg.kind == 'dora' else ())
-    to_hf = _hf_paths(model)[0]
-    for path, ts in found.items():
-        lyr, hf = lin[path], f"{_PREFIX}{to_hf(path)}"
-        check(sorted(ts) == sorted(want), f"{f}: layer {hf} has tensors {sorted(ts)}, a {cfg.kind} adapter needs {list(want)}")
-        o, i = lyr.out_features, lyr.in_features
+    cfgs = {hf: read_adapter_config(d, hf) for hf in found}
+    for hf, ts in found.items():
+        cfg, path, key = cfgs[hf], to_ours(hf), f"{_PREFIX}{hf}"
+        want = ('lora_a', 'lora_b') + (('magnitude',) if cfg.kind == 'dora' else ())
+        check(sorted(ts) == sorted(want), f"{f}: layer {key} has tensors {sorted(ts)}, a {cfg.kind} adapter needs {list(want)}")
+        parts = [lin[p] for p in fused.get(path, [path])]
+        o, i = sum(p.out_features for p in parts), parts[0].in_features
         for attr, shape in (('lora_a', (cfg.r, i)), ('lora_b', (o, cfg.r)), ('magnitude', (o,))):
             if attr in ts: check(tuple(ts[attr].shape) == shape,
-                f"{f}: {hf}.{next(k for k, v in _SUFFIXES.items() if v == attr)} has shape {tuple(ts[attr].shape)}, but layer {path!r} "
+                f"{f}: {key}.{next(k for k, v in _SUFFIXES.items() if v == attr)} has shape {tuple(ts[attr].shape)}, but layer {path!r} "
                 f"of this model has weight shape ({o}, {i}), so it needs {shape} (r={cfg.r}): was this adapter made for another base model?")
-    for path, ts in found.items():
-        m = lin[path]
-        if not isinstance(m, AdapterLinear): _swap(model, path, m := AdapterLinear(m))
-        m.add(name, cfg)
-        w = m.base.weight
-        with torch.no_grad():
-            for attr, t in ts.items(): getattr(m, attr)[name].copy_(t.to(w.device, w.dtype))
+    for hf, ts in found.items():
+        path, row = to_ours(hf), 0
+        for p in fused.get(path, [path]):  # a fused layer's parts share A and split B and the magnitude by rows
+            m, rows = lin[p], slice(row, row + lin[p].out_features)
+            if not isinstance(m, AdapterLinear): _swap(model, p, m := AdapterLinear(m))
+            m.add(name, cfgs[hf])
+            w = m.base.weight
+            with torch.no_grad():
+                for attr, t in ts.items(): getattr(m, attr)[name].copy_((t if attr == 'lora_a' else t[rows]).to(w.device, w.dtype))
+            row = rows.stop
     return set_adapter(model, name)
 
 # %% ../nbs/02_adapters.ipynb #8b9e22b4

@@ -22,7 +22,8 @@ from .quant import QLinear, quantize_linear, qtensor_from_state, is_skipped, MET
 __all__ = ['hf_names', 'mpt_names', 'bert_names', 'modernbert_names', 'hf_tables', 'gguf_names', 'gguf_archs', 't5_names',
            'KeyMap', 'hf_keymap', 'split_fused', 'fuse', 'place', 'finish', 'stream_into', 'quant_spec',
            'SafetensorsFile', 'build_model', 'init_missing', 'load_hf_dir', 'unpermute', 'GGUFFile', 'gguf_config',
-           'load_gguf', 'resolve', 'load', 'atomic_write', 'quant_config', 'save_model']
+           'load_gguf', 'resolve', 'load', 'atomic_write', 'quant_config', 'save_model', 'empty_qtensor', 'read_rows',
+           'load_hf_sharded']
 
 # %% ../nbs/05_checkpoints.ipynb #31848c43
 hf_names = {
@@ -48,7 +49,7 @@ _bert = {
     'blocks.{}.attn_norm': 'encoder.layer.{}.attention.output.LayerNorm', 'blocks.{}.mlp.up': 'encoder.layer.{}.intermediate.dense',
     'blocks.{}.mlp.down': 'encoder.layer.{}.output.dense', 'blocks.{}.mlp_norm': 'encoder.layer.{}.output.LayerNorm'}
 bert_names = {**_bert, **{f'body.{k}': f'bert.{v}' for k, v in _bert.items()},
-              'transform': 'cls.predictions.transform.dense', 'transform_norm': 'cls.predictions.transform.LayerNorm',
+              'transform.dense': 'cls.predictions.transform.dense', 'transform.norm': 'cls.predictions.transform.LayerNorm',
               'head.bias': 'cls.predictions.bias', 'head': 'cls.predictions.decoder', 'classifier': 'classifier'}
 
 def t5_names(gated:bool=True) -> dict:
@@ -70,7 +71,7 @@ _modernbert = {'emb': 'embeddings.tok_embeddings', 'emb_norm': 'embeddings.norm'
                'blocks.{}.attn.wqkv': 'layers.{}.attn.Wqkv', 'blocks.{}.attn.wo': 'layers.{}.attn.Wo',
                'blocks.{}.mlp.wi': 'layers.{}.mlp.Wi', 'blocks.{}.mlp.down': 'layers.{}.mlp.Wo'}
 modernbert_names = {**_modernbert, **{f'body.{k}': f'model.{v}' for k, v in _modernbert.items()},
-                    'transform': 'head.dense', 'transform_norm': 'head.norm', 'head': 'decoder', 'classifier': 'classifier'}
+                    'transform': 'head', 'head': 'decoder', 'classifier': 'classifier'}
 
 hf_tables = {'llama': hf_names, 'mistral': hf_names, 'qwen2': hf_names, 'mpt': mpt_names, 'bert': bert_names, 'modernbert': modernbert_names}
 
@@ -236,7 +237,7 @@ class SafetensorsFile:
                 f.readinto(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
                 yield k, t
 
-_optional = re.compile(r'((bert\.)?pooler\.|cls\.|classifier\.)')  # task heads a model of another task does without
+_optional = re.compile(r'((bert\.)?pooler\.|cls\.|classifier\.|head\.|decoder\.)')  # task heads a model of another task does without
 
 def _fit(name:str, have:set):
     "Our name adjusted to a model with (`body.` prefix) or without a separate encoder body."
@@ -265,16 +266,14 @@ def build_model(cfg:Config, hf_class:str|None=None, task:str|None=None) -> nn.Mo
     if cfg.arch not in ('bert', 'modernbert'): return Decoder(cfg)
     tasks = {'base': 'BertModel', 'mlm': 'BertForMaskedLM', 'cls': 'BertForSequenceClassification', 'tokens': 'BertForTokenClassification'}
     check(task is None or task in tasks, f"task={task!r}: use one of {list(tasks)} or None (the checkpoint's own)")
-    if cfg.arch == 'modernbert':
-        check(task in (None, 'base', 'mlm'), f"task={task!r}: ModernBERT supports 'base' and 'mlm'")
-        hf_class = {'ModernBertForMaskedLM': 'BertForMaskedLM'}.get(hf_class, 'BertModel')
+    hf_class = (hf_class or '').replace('ModernBert', 'Bert')
     return encoder_classes[tasks[task] if task else hf_class if hf_class in encoder_classes else 'BertModel'](cfg)
 
 def init_missing(model:nn.Module, dtype, device):
     "Give a freshly initialised value to the task-head parameters a checkpoint did not have (loading a base model for a new task)."
     if hasattr(model, 'tie'): model.tie()     # a tied head is not missing
     for n, m in model.named_modules():
-        if n.split('.')[0] in ('classifier', 'transform', 'transform_norm', 'head') or n == 'body.pooler':
+        if n.split('.')[0] in ('classifier', 'transform', 'head') or n == 'body.pooler':
             if any(p.is_meta for p in m.parameters(recurse=False)):
                 m.to_empty(device=device, recurse=False).to(dtype); m.reset_parameters()
     if hasattr(model, 'tie'): model.tie()
@@ -428,13 +427,28 @@ def load(src, dtype=None, device=None,
          quant:str|None=None, # quantize linear layers while loading: 'nf4', 'hqq' or None
          bits:int=4, group_size:int=64, # quantization bits (HQQ: 2, 3, 4, 8) and group size
          skip=('head',), # linear layers (names or regexes) left unquantized
-         task:str|None=None): # encoders: 'base', 'mlm', 'cls' or 'tokens' (None: the checkpoint's own); a new task head starts fresh
+         task:str|None=None, # encoders: 'base', 'mlm', 'cls' or 'tokens' (None: the checkpoint's own); a new task head starts fresh
+         shard:bool|dict=False, # under a process group: FSDP2-shard while loading, each rank reading only its slices (True, or `fsdp.shard`'s keyword arguments)
+         prepare=None): # with `shard`: called on the model before it is sharded, e.g. `lambda m: add_adapters(m, r=8)`
     "Load a model and tokenizer from a Hugging Face directory, a GGUF file or a hub id: returns `(model, tok)`."
     device = torch.device(device or default_device())
     dtype = as_dtype(dtype) or default_dtype(device)
     p, q = resolve(src), quant_spec(quant, bits, group_size, skip)
-    if p.is_file() or p.suffix == '.gguf': return load_gguf(p, dtype, device, q)
-    return load_hf_dir(p, dtype, device, q, task)
+    check(prepare is None or shard, "load: `prepare` is for sharded loading (shard=True): otherwise call it on the loaded model")
+    kw = shard if isinstance(shard, dict) else {}
+    if shard:
+        import torch.distributed as dist
+        check(dist.is_available() and dist.is_initialized(), "load(shard=...) needs a process group: start the job with `fsdp.launch` or torchrun")
+        if dist.get_world_size() > 1:
+            check(p.is_dir(), f"{p}: sharded loading reads Hugging Face safetensors directories")
+            return load_hf_sharded(p, dtype, device, q, kw, prepare)
+    model, tok = load_gguf(p, dtype, device, q) if p.is_file() or p.suffix == '.gguf' else load_hf_dir(p, dtype, device, q, task)
+    if shard:  # one rank: nothing to split
+        from llmlite.fsdp import shard as fsdp_shard
+        if prepare: prepare(model)
+        fsdp_shard(model, **kw)
+    return model, tok
+
 
 # %% ../nbs/05_checkpoints.ipynb #36652e1f
 def atomic_write(path, write):
@@ -488,3 +502,113 @@ def save_model(model, d, tok:Tokenizer|None=None, max_shard:int=5 * 2**30):
     atomic_write(d/'config.json', lambda p: Path(p).write_text(json.dumps(hc, indent=2)))
     if tok is not None: tok.save(d)
     return d
+
+# %% ../nbs/05_checkpoints.ipynb #cb8bc3d1
+from .quant import QTensor, quantize_weight, NESTED_BLOCK
+
+def empty_qtensor(shape, dtype, method:str='nf4', bits:int=4, group_size:int=64, device='meta') -> QTensor:
+    "An uninitialised `QTensor` with the inner tensors `quantize_weight` gives a `shape` weight: a skeleton to shard before reading."
+    n, e = math.prod(shape), lambda k, dt: torch.empty(k, dtype=dt, device=device)
+    if method == 'nf4':
+        nb = -(-n // group_size)
+        data = dict(qdata=e((-(-n // 2), 1), torch.uint8), absmax=e(nb, torch.uint8), nested_absmax=e(-(-nb // NESTED_BLOCK), torch.float32), offset=e((), torch.float32))
+    else:
+        u = 8 // math.gcd(bits, 8)
+        data = dict(qdata=e(-(-n // u) * (u * bits // 8), torch.uint8), scale=e(n // group_size, torch.float16), zero=e(n // group_size, torch.float16))
+    return QTensor(data, method, bits, group_size, torch.Size(shape), dtype)
+
+def read_rows(f:SafetensorsFile, key:str, r0:int, r1:int) -> torch.Tensor:
+    "Rows `r0:r1` of tensor `key` of safetensors file `f`, read from disk alone."
+    v = f.tensors[key]; dt, shape = _st_dtypes[v['dtype']], v['shape']
+    check(len(shape) >= 1 and 0 <= r0 <= r1 <= shape[0], f"{f.path}: tensor {key!r} of shape {shape} has no rows {r0}:{r1}")
+    t = torch.empty([r1 - r0, *shape[1:]], dtype=dt)
+    with open(f.path, 'rb') as fh:
+        fh.seek(f.start + v['data_offsets'][0] + r0 * math.prod(shape[1:]) * dt.itemsize)
+        fh.readinto(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return t
+
+def _lazy_safetensors(files, km, skip):
+    "Yield (file, our name, shape, rows reader) for every tensor of `files`; nothing is read until the reader is called."
+    for path in files:
+        f = SafetensorsFile(path)
+        for k, v in sorted(f.tensors.items(), key=lambda kv: kv[1]['data_offsets'][0]):
+            if k.endswith(('rotary_emb.inv_freq', 'position_ids')): continue
+            name = km.inv(k)
+            if name in skip: continue
+            check(name is not None, f"{path}: unexpected tensor {k!r}")
+            yield str(path), name, tuple(v['shape']), lambda r0, r1, f=f, k=k: read_rows(f, k, r0, r1)
+
+
+# %% ../nbs/05_checkpoints.ipynb #5642474d
+def _owned(p, rank:int, ws:int):
+    "The rows `r0:r1` FSDP2's dim-0 chunking gives `rank` of a sharded parameter `p`."
+    n = p.shape[0]; r0 = min(rank * -(-n // ws), n)
+    return r0, r0 + p.to_local().shape[0]
+
+def _set_local(m:nn.Module, attr:str, local:torch.Tensor):
+    "Replace the meta shard of parameter `attr` of `m` by `local`, keeping its global DTensor layout."
+    from torch.distributed.tensor import DTensor
+    old = m._parameters[attr]
+    check(local.shape == old.to_local().shape, f"shard of {attr!r} has shape {tuple(local.shape)}, FSDP expects {tuple(old.to_local().shape)}")
+    m._parameters[attr] = nn.Parameter(DTensor(local, old._spec, requires_grad=False), requires_grad=old.requires_grad)
+
+def _init_adapters(model, rank:int, ws:int):
+    "Initialise the adapters `prepare` added, shard by shard, as `add_adapters` would have on the whole model (same random draws)."
+    from llmlite.adapters import AdapterLinear, adapter_names, adapter_layers
+    for name in adapter_names(model):
+        for m in adapter_layers(model).values():
+            if name not in m.cfgs: continue
+            base = nn.Module(); base.weight = m.base.weight.to_local()
+            tmp = AdapterLinear(base).add(name, m.cfgs[name])  # lora_a whole (its rows are the rank dimension), the rest already this rank's rows
+            for d, t in ((m.lora_a, tmp.lora_a), (m.lora_b, tmp.lora_b), (m.magnitude, tmp.magnitude)):
+                if name not in d: continue
+                r0, r1 = _owned(d[name], rank, ws) if d is m.lora_a else (0, t[name].shape[0])
+                _set_local(d, name, t[name].detach()[r0:r1].clone())
+
+def _reset_fsdp(model):
+    "Have FSDP2 take up the parameters replaced since `fully_shard` (padding uneven shards), as `Module.to_empty` makes it do."
+    from torch.distributed.fsdp import FSDPModule
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            for g in m._get_fsdp_state()._fsdp_param_groups:
+                for p in g.fsdp_params: p.reset_sharded_param()
+
+def load_hf_sharded(d, dtype, device, quant:dict|None=None, shard_kw:dict|None=None, prepare=None):
+    "Load HF directory `d` straight into an FSDP2-sharded `Decoder`: each rank reads its rows of each dense tensor, and quantizes whole weights one at a time keeping its rows."
+    import torch.distributed as dist
+    from llmlite.fsdp import shard
+    d = Path(d)
+    hc = _read_json(d/'config.json')
+    cfg = config_from_hf(hc, str(d/'config.json'))
+    check(cfg.arch in hf_tables and cfg.arch not in _fused and cfg.arch not in ('bert', 'modernbert'),
+          f"{d}: sharded loading supports Llama-style decoders (llama, mistral, qwen2), not {cfg.arch}")
+    check('quantization_config' not in hc, f"{d}: sharded loading reads dense checkpoints; this one is stored quantized (load it with shard=None)")
+    files, km = _safetensors_files(d), hf_keymap(cfg)
+    with torch.device('meta'):
+        model = Decoder(cfg)
+        for path, m in list(model.named_modules()):
+            if quant and type(m) is nn.Linear and not is_skipped(path, quant['skip']):
+                model.set_submodule(path, QLinear(empty_qtensor(m.weight.shape, dtype, quant['method'], quant['bits'], quant['group_size']), m.bias))
+    model.to(dtype)
+    slots = {f"{p}.{a}" if p else a: (m, a) for p, m in model.named_modules() for a in m._parameters}  # before `prepare` wraps layers
+    if prepare: prepare(model)
+    shard(model, **(shard_kw or {}))
+    rank, ws = dist.get_rank(), dist.get_world_size()
+    dev = torch.device('cpu') if (shard_kw or {}).get('cpu_offload') else device
+    for src, name, shape, read in _lazy_safetensors(files, km, {'head.weight'} if cfg.tie_embeddings else set()):
+        check(name in slots, f"{src}: unexpected tensor {km(name)!r}")
+        m, a = slots[name]
+        p = m._parameters[a]
+        check(tuple(p.shape) == shape, f"{src}: tensor {name!r} has shape {shape}, the model expects {tuple(p.shape)}")
+        r0, r1 = _owned(p, rank, ws)
+        if isinstance(p.to_local(), QTensor):  # 4-bit statistics span the whole tensor: quantize it all, keep our rows
+            w = quantize_weight(read(0, shape[0]).to(device, dtype), quant['method'], quant['bits'], quant['group_size'], f"{name}")
+            local = w.rows(r0, r1)._new(torch.clone).to(dev)
+        else: local = read(r0, r1).to(dev, dtype)
+        _set_local(m, a, local)
+    _init_adapters(model, rank, ws)
+    if hasattr(model, 'tie'): model.tie()
+    _reset_fsdp(model)
+    tok = Tokenizer.from_dir(d) if (d/'tokenizer.json').exists() else None
+    return finish(model, str(d)), tok
+

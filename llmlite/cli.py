@@ -6,19 +6,22 @@ Docs: https://llmlite.github.io/llmlite/cli.html.md"""
 
 # %% auto #0
 __all__ = ['commands', 'default_model', 'bundled', 'read_config', 'add_options', 'options', 'Finetune', 'finetune', 'Generate',
-           'Eval', 'Quantize', 'Merge', 'run_generate', 'run_eval', 'run_quantize', 'run_merge', 'parser', 'main']
+           'Eval', 'Quantize', 'Merge', 'run_generate', 'run_eval', 'run_quantize', 'run_merge', 'Plan', 'plan_config',
+           'run_plan', 'parser', 'main']
 
 # %% ../nbs/11_cli.ipynb #86f0597a
 import argparse, difflib, importlib.resources, importlib.util, json, sys, time, tomllib, types
+import torch.distributed as dist
 from dataclasses import dataclass, fields
 from pathlib import Path
 from .core import LLMLiteError, check, seed_everything
 from .checkpoints import load, save_model
-from .adapters import add_adapters, save_adapter, load_adapter, merge_adapters, trainable_params
+from .adapters import add_adapters, load_adapter, merge_adapters, trainable_params
 from .data import chat_data, prompt_data, text_data, read_records
 from .eval import evaluate
 from .generate import generate, stream
 from .learner import Learner
+from .fsdp import shard, export_adapter, init_from_env
 
 # %% ../nbs/11_cli.ipynb #a64daabd
 def default_model() -> Path:
@@ -94,18 +97,29 @@ class Finetune:
     show:int = 3                 # generations to print at the end
 
 def finetune(o:Finetune) -> dict:
-    "Run the fine-tuning job `o`; returns held-out exact match before and after, and the adapter's path."
+    "Run the fine-tuning job `o` (sharded over the ranks when started by torchrun); returns held-out exact match before and after, and the adapter's path."
+    joined = not dist.is_initialized()
+    sharded = init_from_env()
+    try: return _finetune(o, sharded)
+    finally:
+        if sharded and joined: dist.destroy_process_group()    # only a group this call joined
+
+def _finetune(o:Finetune, sharded:bool) -> dict:
+    say = print if not sharded or dist.get_rank() == 0 else lambda *a, **k: None
     seed_everything(o.seed)
     t0 = time.time()
     model, tok = load(o.model or default_model(), quant=o.quant or None)
     train, held = o.data or bundled('dates_train.jsonl'), o.eval_data or bundled('dates_test.jsonl')
     check(o.format in ('chat', 'prompt', 'text'), f"format={o.format!r}: use chat, prompt or text")
     data = dict(chat=chat_data, prompt=prompt_data, text=text_data)[o.format](train, tok, seq_len=o.seq_len, bs=o.bs, seed=o.seed)
-    score = lambda: evaluate(model, tok, held, limit=o.eval_n, bs=16, max_new_tokens=24)
+    score = lambda: evaluate(model, tok, held, limit=o.eval_n, bs=16, max_new_tokens=24)   # on every rank: a sharded forward needs them all
     before = score()
-    print(f"held-out exact match before: {before.get('exact_match', before.get('accuracy')):.1%} (n={before['n']})", flush=True)
+    say(f"held-out exact match before: {before.get('exact_match', before.get('accuracy')):.1%} (n={before['n']})", flush=True)
     add_adapters(model, o.adapter, r=o.r, alpha=o.alpha, targets=o.targets)
-    print(trainable_params(model), flush=True)
+    say(trainable_params(model), flush=True)
+    if sharded:
+        shard(model)
+        say(f"sharded over {dist.get_world_size()} ranks ({dist.get_backend()})", flush=True)
     recs = read_records(held)[:o.show]
     prompts = [r['messages'][:-1] for r in recs] if o.format == 'chat' else None
     learn = Learner(model, data, lr=o.lr, path=o.out, tok=tok, prompts=prompts, sample_every=max(1, o.steps // 2) if prompts else None)
@@ -113,12 +127,12 @@ def finetune(o:Finetune) -> dict:
     model.eval()
     after = score()
     m = 'exact_match' if 'exact_match' in after else 'accuracy'
-    print(f"held-out exact match after:  {after[m]:.1%} (n={after['n']}), was {before[m]:.1%}")
+    say(f"held-out exact match after:  {after[m]:.1%} (n={after['n']}), was {before[m]:.1%}")
     if prompts:
         for r, g in zip(recs, generate(model, tok, prompts, max_new_tokens=24)):
-            print(f"  {r['messages'][-2]['content']!r} -> {g!r} (expected {r['messages'][-1]['content']!r})")
-    ad = save_adapter(model, Path(o.out)/'adapter')
-    print(f"adapter saved to {ad} (PEFT format); total time {time.time() - t0:.0f}s")
+            say(f"  {r['messages'][-2]['content']!r} -> {g!r} (expected {r['messages'][-1]['content']!r})")
+    ad = export_adapter(model, Path(o.out)/'adapter')
+    say(f"adapter saved to {ad} (PEFT format); total time {time.time() - t0:.0f}s")
     return dict(before=before[m], after=after[m], adapter=str(ad), seconds=time.time() - t0)
 
 # %% ../nbs/11_cli.ipynb #bb5e3816
@@ -191,12 +205,62 @@ def run_merge(o:Merge):
     print(merge_adapters(model))
     print(f"wrote {save_model(model, o.out, tok)}")
 
+# %% ../nbs/11_cli.ipynb #93cf09ad
+from .fsdp import plan
+from .models import Config, config_from_hf
+
+@dataclass
+class Plan:
+    "Options of `llmlite plan`."
+    model:str = 'Llama-2-7B'     # a known config name (`models.configs`), or a Hugging Face config.json or its directory
+    world_size:int = 1           # devices the model is sharded over
+    device_mem:float = 24.       # GiB per device
+    seq_len:int = 2048
+    bs:int = 1                   # sequences per device
+    quant:str|None = 'nf4'       # nf4, hqq, or '' for a dense base
+    adapter:str = 'lora'         # lora or dora
+    r:int = 8
+    checkpointing:bool = True    # recompute each block's activations in backward
+    cpu_offload:bool = False     # frozen weights and adapter state on the CPU
+    dtype:str = 'bf16'           # compute dtype (fp32 to compare with a CPU run)
+    targets:str = 'all-linear'   # layers with an adapter: all-linear, or a comma-separated list among wq,wk,wv,wo,gate,up,down
+    dropout:float = 0.           # adapter dropout
+    json:bool = False            # print the plan as one JSON line
+
+def plan_config(model:str) -> Config:
+    "The `Config` a `--model` names: a known name, or a Hugging Face config.json (or its directory)."
+    p = Path(model).expanduser()
+    if p.is_dir(): p = p/'config.json'
+    if p.suffix == '.json' or p.exists():
+        check(p.exists(), f"{p}: file not found")
+        try: d = json.loads(p.read_text())
+        except json.JSONDecodeError as e: raise LLMLiteError(f"{p}: not valid JSON ({e})") from None
+        return config_from_hf(d, str(p))
+    return Config.from_name(model)
+
+def run_plan(o:Plan) -> dict:
+    "Print the memory plan of job `o`, term by term, and whether it fits."
+    c = plan_config(o.model)
+    tg = o.targets if o.targets == 'all-linear' else o.targets.split(',')
+    r = plan(c, o.world_size, o.device_mem, o.seq_len, o.bs, o.quant or None, o.adapter, o.r, o.checkpointing, o.cpu_offload, o.dtype, tg, o.dropout)
+    if o.json: print(json.dumps(r)); return r
+    job = (f"{o.quant or 'dense'} base, {o.adapter} r={o.r} on {o.targets}" + (f" (dropout {o.dropout:g})" if o.dropout else "") + f", bs {o.bs} x {o.seq_len} tokens, {o.dtype}"
+           + (", checkpointing" if o.checkpointing else "") + (", CPU offload" if o.cpu_offload else ""))
+    print(f"{r['model'] or o.model} on {o.world_size} device(s) of {o.device_mem:g} GiB: {job}")
+    for k, v in r.items():
+        if k.endswith('_gib') and k not in ('peak_gib', 'cpu_gib'): print(f"  {k[:-4]:<12}{v:8.2f} GiB")
+    print(f"  {'peak':<12}{r['peak_gib']:8.2f} GiB: " + (f"fits, {o.device_mem - r['peak_gib']:.2f} GiB to spare" if r['fits'] else
+          f"does NOT fit, {r['peak_gib'] - o.device_mem:.2f} GiB over") + " (the sum, less the smaller of block and logits: never alive together)")
+    if o.cpu_offload: print(f"  {'CPU memory':<12}{r['cpu_gib']:8.2f} GiB per rank (offloaded weights and adapter state)")
+    return r
+
 # %% ../nbs/11_cli.ipynb #a3ddfe5d
 commands = {'finetune': (Finetune, finetune, 'QLoRA/QDoRA fine-tune (no arguments: the embedded default job)'),
             'generate': (Generate, run_generate, 'generate text from a prompt'),
             'eval': (Eval, run_eval, 'evaluate on a task file'),
             'quantize': (Quantize, run_quantize, 'quantize a model and save it (NF4 as a bitsandbytes-4bit checkpoint)'),
-            'merge': (Merge, run_merge, 'merge an adapter into its base and save a dense model')}
+            'merge': (Merge, run_merge, 'merge an adapter into its base and save a dense model'),
+            'plan': (Plan, run_plan, 'predict peak memory per device of a (Q)LoRA job, term by term, and whether it fits')}
 
 def parser() -> argparse.ArgumentParser:
     "The `llmlite` argument parser, one sub-command per job."

@@ -1,4 +1,4 @@
-"""Training data: records from JSONL, CSV, Parquet or `datasets` directories; plain text packed with document boundaries, prompt/response pairs and chat conversations with loss on the responses only; mixtures whose weights change with training progress; and a batch order that is a pure function of (seed, step), so a run resumes at any step without replaying data.
+"""Training data: records from JSONL, CSV, Parquet or `datasets` directories; plain text packed with document boundaries, prompt/response pairs and chat conversations with loss on the responses only; classification, masked-LM and source/target batches for encoders and encoder-decoders; mixtures whose weights change with training progress; and a batch order that is a pure function of (seed, step), so a run resumes at any step without replaying data, split over ranks without depending on their number.
 
 Docs: https://llmlite.github.io/llmlite/data.html.md"""
 
@@ -6,7 +6,7 @@ Docs: https://llmlite.github.io/llmlite/data.html.md"""
 
 # %% ../nbs/06_data.ipynb #6b0160ce
 from __future__ import annotations
-import csv, json, math, string, warnings
+import csv, inspect, json, math, re, string, warnings
 from bisect import bisect_left, insort
 from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
@@ -14,8 +14,9 @@ from fastcore.basics import patch
 from .core import LLMLiteError, check
 
 # %% auto #0
-__all__ = ['Records', 'read_records', 'need', 'lm_loss', 'prompt_tokens', 'chat_spans', 'chat_tokens', 'Rows', 'make_rows',
-           'uniform', 'collate', 'Loader', 'text_data', 'prompt_data', 'chat_data', 'mix']
+__all__ = ['Records', 'read_records', 'need', 'lm_loss', 'label_loss', 'prompt_tokens', 'chat_spans', 'chat_tokens', 'Rows',
+           'make_rows', 'uniform', 'collate', 'Loader', 'text_data', 'prompt_data', 'chat_data', 'mix', 'Examples',
+           'label_ids', 'cls_data', 'mask_tokens', 'mlm_data', 'seq2seq_data', 'is_causal', 'model_args']
 
 # %% ../nbs/06_data.ipynb #90691152
 class Records(list):
@@ -121,6 +122,12 @@ def lm_loss(logits, # (B, T, V) model output
     "Mean next-token cross-entropy over the labelled tokens: `logits[:, t]` predicts `labels[:, t+1]`."
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
 
+def label_loss(logits, # (B, C) class logits, or (B, T, V) logits of every token
+               labels, # (B,) class ids, or (B, T) token ids; -100 where there is no loss
+              ):
+    "Mean cross-entropy of `logits` predicting `labels` in place (no shift): classifiers, masked LMs, encoder-decoders."
+    return F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=-100)
+
 # %% ../nbs/06_data.ipynb #a68658d0
 def prompt_tokens(tok, prompt:str, response:str, eos:bool=True, loss_on:str='response') -> tuple[list, list]:
     "(ids, loss mask) of a prompt/response pair, tokenized separately; loss on the response and EOS unless `loss_on='all'`."
@@ -162,6 +169,7 @@ def chat_tokens(tok, msgs:list[dict], loss_on:str='assistant') -> tuple[list, li
 # %% ../nbs/06_data.ipynb #f949050a
 class Rows:
     "Token rows stored flat: ids, loss mask, segment (document) index and position per token; row i is `off[i]:off[i+1]`."
+    kind = 'lm'         # 'mlm' when `mlm_data` masks them at batch time
     def __init__(self, pieces:list, seq_len:int, src:str='', n_truncated:int=0, n_dropped:int=0):
         "Build from `pieces`: per row, a list of (ids, mask) segments."
         ids, lab, seg, pos, lens = [], [], [], [], []
@@ -180,6 +188,7 @@ class Rows:
         "(ids, mask, segment ids, positions) of row `i`."
         s = slice(self.off[i], self.off[i + 1])
         return self.ids[s], self.lab[s], self.seg[s], self.pos[s]
+    def collate(self, rows:list, pad_id:int=0) -> dict: return collate(rows, pad_id)
     @property
     def n_tokens(self) -> int: return len(self.ids)
     @property
@@ -268,15 +277,20 @@ class Loader:
                  weights=None, # Per source: a list, or a function of training progress p in [0, 1] returning one
                  seed:int=0,
                  steps:int|None=None, # Total training steps: progress at step k is k / (steps - 1); needed for weights that depend on p
-                 shuffle:bool=True, pad_id:int=0):
+                 shuffle:bool=True, pad_id:int=0,
+                 rank:int=0, world:int=1): # This process's part of each (global, `bs`-row) batch: rows rank*bs/world to (rank+1)*bs/world
         self.sources = list(sources)
         check(self.sources, "Loader: no sources")
+        kinds = {s.kind for s in self.sources}
+        check(len(kinds) == 1, f"Loader: sources of different kinds ({', '.join(sorted(kinds))}) cannot share a batch")
         check(bs > 0, f"bs={bs}: must be positive")
-        self.bs, self.weights, self.seed, self.steps, self.shuffle, self.pad_id = bs, weights, seed, steps, shuffle, pad_id
+        self.bs, self.weights, self.seed, self.steps, self.shuffle, self.pad_id, self.rank, self.world = bs, weights, seed, steps, shuffle, pad_id, rank, world
         self.seq_len, self.step = max(s.seq_len for s in self.sources), 0
         self._perms, self._at = {}, (0, np.zeros(len(self.sources), np.int64))
         if not callable(weights): self._ws = self._check_w(weights if weights is not None else [1.] * len(self.sources), 'weights')
 
+    @property
+    def kind(self) -> str: return self.sources[0].kind
     def __len__(self):
         "Steps in one epoch: every row once (in a mixture, of all sources together)."
         return math.ceil(sum(len(s) for s in self.sources) / self.bs)
@@ -349,12 +363,22 @@ def plan(self:Loader, step:int) -> list[tuple[int, int]]:
     return out
 
 @patch
-def batch(self:Loader, step:int) -> dict:
-    "Batch number `step`: `input_ids`, `labels` (-100: no loss), `valid`, `doc_ids` (-1: padding), `pos`, each (B, T)."
-    plan = self.plan(step)
-    b = collate([self.sources[s].row(r) for s, r in plan], self.pad_id)
+def make_batch(self:Loader, plan:list, first:int=0) -> dict:
+    "The batch of the (source, row) pairs `plan`, whose first row is draw number `first` (it keys the masked-LM masks)."
+    b = self.sources[0].collate([self.sources[s].row(r) for s, r in plan], self.pad_id)
     b['source'] = torch.tensor([s for s, _ in plan])
+    if self.kind == 'mlm': b['input_ids'], b['labels'] = mask_tokens(b['input_ids'], b['valid'], seed=self.seed, first=first, **self.sources[0].mlm)
     return b
+
+@patch
+def batch(self:Loader, step:int) -> dict:
+    "Batch number `step` (this rank's rows of it): `input_ids`, `labels` (-100: no loss), `valid`, and per kind `doc_ids`, `pos`, `types`, `dec_ids`..."
+    check(self.world >= 1 and 0 <= self.rank < self.world, f"rank={self.rank}, world={self.world}: need 0 <= rank < world")
+    check(self.bs % self.world == 0, f"bs={self.bs} is the global batch and must split evenly over world={self.world} ranks")
+    b = self.make_batch(self.plan(step), step * self.bs)
+    if self.world == 1: return b
+    n = self.bs // self.world
+    return {k: v[self.rank * n:(self.rank + 1) * n] for k, v in b.items()}
 
 @patch
 def batches(self:Loader, start_step:int=0, n:int|None=None):
@@ -458,3 +482,180 @@ def mix(sources:list, # Loaders (from `text_data`, `prompt_data`, `chat_data`) o
     first = next((s for s in sources if isinstance(s, Loader)), None)
     bs, seed = bs or (first.bs if first else 8), seed if seed is not None else (first.seed if first else 0)
     return Loader(rows, bs, weights, seed, steps, pad_id=first.pad_id if first else 0)
+
+# %% ../nbs/06_data.ipynb #66a1ac5d
+def _pipeline(tok, max_len:int|None=None):
+    "A copy of `tok`'s `tokenizers` pipeline that pads nothing and cuts each sequence (a pair longest first) to `max_len` tokens, special tokens included."
+    tk = type(tok.tk).from_str(tok.tk.to_str())
+    tk.no_padding(); tk.no_truncation()
+    if max_len: tk.enable_truncation(max_len)
+    return tk
+
+def _pad(xs:list, fill:int) -> torch.Tensor:
+    "(B, T) int64 of the sequences `xs`, right-padded with `fill` to the longest."
+    res = np.full((len(xs), max((len(x) for x in xs), default=0)), fill, np.int64)
+    for b, x in enumerate(xs): res[b, :len(x)] = x
+    return torch.from_numpy(res)
+
+class Examples:
+    "Examples of classifiers ('cls': ids, token types, a label) or encoder-decoders ('seq2seq': ids, target), token sequences stored flat; one per row."
+    def __init__(self, kind:str, seqs:dict, # name -> list of token-id lists, one per example
+                 labels=None, # class id per example ('cls')
+                 seq_len:int=0, src:str='', n_truncated:int=0,
+                 start_id:int=0): # 'seq2seq': the decoder's first input token
+        self.kind, self.seq_len, self.src, self.n_truncated, self.start_id = kind, seq_len, src, n_truncated, start_id
+        self.seqs = {k: (np.concatenate([np.asarray(x, np.int32) for x in v]) if v else np.zeros(0, np.int32),
+                         np.concatenate([[0], np.cumsum([len(x) for x in v])]).astype(np.int64)) for k, v in seqs.items()}
+        self.labels = None if labels is None else np.asarray(labels, np.int64)
+
+    def __len__(self): return len(next(iter(self.seqs.values()))[1]) - 1
+    def row(self, i:int) -> dict:
+        "The sequences (and label) of example `i`."
+        r = {k: a[o[i]:o[i + 1]] for k, (a, o) in self.seqs.items()}
+        if self.labels is not None: r['label'] = self.labels[i]
+        return r
+    def collate(self, rows:list, pad_id:int=0) -> dict:
+        "Batch of `rows`, right-padded: `input_ids`, `valid`, and `types`, `labels` (B,) or `dec_ids`, `dec_valid`, `labels` (B, Ty)."
+        x = [r['ids'] for r in rows]
+        b = dict(input_ids=_pad(x, pad_id), valid=_pad([np.ones(len(a)) for a in x], 0).bool())
+        if self.kind == 'cls': return dict(b, types=_pad([r['types'] for r in rows], 0), labels=torch.tensor([int(r['label']) for r in rows]))
+        y = [r['target'] for r in rows]
+        return dict(b, dec_ids=_pad([np.r_[self.start_id, a[:-1]] for a in y], pad_id), dec_valid=_pad([np.ones(len(a)) for a in y], 0).bool(), labels=_pad(y, -100))
+    def __repr__(self): return f"Examples({self.src or '?'}: {len(self)} {self.kind} examples of <= {self.seq_len} tokens, {self.n_truncated} truncated)"
+
+# %% ../nbs/06_data.ipynb #ea349b21
+def _texts_of(recs:Records, *fields):
+    "Check that `fields` of every record hold text."
+    for f in fields:
+        bad = next((i for i, o in enumerate(recs) if not isinstance(o[f], str)), None)
+        if bad is not None: raise LLMLiteError(f"{recs.where(bad)}: field {f!r} must hold text, got {type(recs[bad][f]).__name__}")
+
+def _warn_cut(src, n:int, total:int, what:str, limit:str):
+    if n: warnings.warn(f"{src}: truncated {n} of {total} {what} longer than {limit}")
+
+def _num_key(vals):
+    "Sort key for label names: numerically when every name is an integer, else as text."
+    if all(re.fullmatch(r'-?\d+', v) for v in vals): return int
+    return str
+
+def label_ids(recs:Records, field:str='label', labels=None) -> tuple[list, list]:
+    "(class id per record, label names): text labels by their place in `labels` (default: the sorted distinct ones), integers as ids."
+    vals = [o[field] for o in recs]
+    for i, v in enumerate(vals):
+        check(isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)), f"{recs.where(i)}: field {field!r} must be a label name or an integer class id, got {v!r}")
+    if labels is None:
+        names = sorted({v for v in vals if isinstance(v, str)}, key=_num_key({v for v in vals if isinstance(v, str)}))
+        n_int = max((v + 1 for v in vals if isinstance(v, int)), default=0)
+        check(not (names and n_int), f"{recs.src}: field {field!r} mixes label names and integer ids; pass `labels` to say which is which")
+        labels = names or list(range(n_int))
+    labels = list(labels)
+    idx = {str(l): i for i, l in enumerate(labels)}
+    res = []
+    for i, v in enumerate(vals):
+        j = idx.get(v) if isinstance(v, str) else v if 0 <= v < len(labels) else None
+        if j is None: raise LLMLiteError(f"{recs.where(i)}: label {v!r} (field {field!r}) is not one of the {len(labels)} labels {labels[:10]}")
+        res.append(j)
+    return res, labels
+
+def cls_data(src, tok, seq_len:int=128, bs:int=16,
+             text:str='text', # The field holding the text
+             label:str='label', # The field holding the class: a name, or an integer id
+             pair:str|None=None, # The field holding a second text (sentence-pair tasks): token type 1
+             labels=None, # Label names in class-id order (default: the sorted distinct names); exposed as `loader.labels`
+             seed:int=0, shuffle:bool=True, split:str='train') -> Loader:
+    "Loader for sequence classification: texts (or text pairs) with the tokenizer's special tokens, cut to `seq_len`, and a class id each."
+    recs = need(read_records(src, split), text, label, *([pair] if pair else []))
+    _texts_of(recs, text, *([pair] if pair else []))
+    ys, names = label_ids(recs, label, labels)
+    tk = _pipeline(tok, seq_len)
+    encs = tk.encode_batch([(o[text], o[pair]) if pair else o[text] for o in recs])
+    cut = sum(bool(e.overflowing) for e in encs)
+    _warn_cut(recs.src, cut, len(recs), 'examples', f"seq_len={seq_len} tokens")
+    ex = Examples('cls', dict(ids=[e.ids for e in encs], types=[e.type_ids for e in encs]), ys, seq_len, recs.src, cut)
+    dl = Loader([ex], bs, seed=seed, shuffle=shuffle, pad_id=tok.pad_id if tok.pad_id is not None else 0)
+    dl.labels = names
+    return dl
+
+# %% ../nbs/06_data.ipynb #5e2dfb5c
+_MLM_KEY, _ROW = 0x4D4C4D5F, 1 << 24          # a seed offset for the masks' draws; a row's stride in the draw counter (> any seq_len)
+
+def mask_tokens(ids, # (B, T) token ids
+                valid, # (B, T) True on real tokens
+                p:float=0.15, # Chance that a token is chosen for prediction
+                mask_id:int=0, vocab:int=1, # The [MASK] id; random replacements are drawn from 0..vocab-1
+                special=(), # Ids never chosen (CLS, SEP, PAD, ...)
+                seed:int=0, first:int=0, # Row b's draws are a hash of (seed, first + b, position): the masks are a pure function of them
+               ) -> tuple:
+    "BERT's masking: (inputs, labels); a chosen token becomes [MASK] 80%, a random token 10%, itself 10% of the time; labels are -100 elsewhere."
+    B, T = ids.shape
+    idx = ((first + np.arange(B, dtype=np.uint64))[:, None] * np.uint64(_ROW) + np.arange(T, dtype=np.uint64)) * np.uint64(3)
+    u = torch.from_numpy(uniform(seed ^ _MLM_KEY, idx[..., None] + np.arange(3, dtype=np.uint64)))
+    chosen = (u[..., 0] < p) & valid.bool() & ~torch.isin(ids, torch.as_tensor(list(special), dtype=ids.dtype))
+    rand = (u[..., 2] * vocab).long().clamp(max=vocab - 1)
+    x = torch.where(chosen & (u[..., 1] < 0.8), mask_id, torch.where(chosen & (u[..., 1] < 0.9), rand, ids))
+    return x, torch.where(chosen, ids, -100)
+
+def mlm_data(src, tok, seq_len:int=128, bs:int=16,
+             field:str='text', # The field holding each document
+             p:float=0.15, # Chance that a (non-special) token is chosen for prediction
+             pack:bool=True, # Concatenate documents (each with its special tokens) and cut rows of `seq_len`; else one per row, cut to `seq_len`
+             seed:int=0, shuffle:bool=True, split:str='train') -> Loader:
+    "Loader for masked-LM (continued) pretraining of an encoder: the masks are drawn at batch time from (seed, step), so a resumed run sees the same ones."
+    check(0 < p < 1, f"p={p}: the masking probability must be between 0 and 1")
+    recs = need(read_records(src, split), field)
+    _texts_of(recs, field)
+    name = tok.config.get('mask_token') or '[MASK]'
+    mask_id = tok.token_to_id(name.get('content') if isinstance(name, dict) else name)
+    check(mask_id is not None, f"{tok.name_or_path or 'tokenizer'}: no mask token ({name!r} is not in the vocabulary), needed for masked-LM data")
+    tk = _pipeline(tok, None if pack else seq_len)
+    encs = tk.encode_batch([o[field] for o in recs])
+    cut = sum(bool(e.overflowing) for e in encs)
+    _warn_cut(recs.src, cut, len(recs), 'documents', f"seq_len={seq_len} tokens")
+    exs = [(e.ids, [True] * len(e.ids)) for e in encs if e.ids]
+    rows = make_rows(exs, seq_len, pack, True, False, recs.where, recs.src)
+    rows.kind, rows.n_truncated = 'mlm', cut
+    rows.mlm = dict(p=p, mask_id=mask_id, vocab=tok.vocab_size, special=sorted(i for i, t in tk.get_added_tokens_decoder().items() if t.special))
+    return Loader([rows], bs, seed=seed, shuffle=shuffle, pad_id=tok.pad_id if tok.pad_id is not None else 0)
+
+# %% ../nbs/06_data.ipynb #b55dd8ff
+def seq2seq_data(src, tok, seq_len:int=128, target_len:int=64, bs:int=16,
+                 source:str='source', target:str='target', # The fields holding the input and output texts
+                 prefix:str='', # Put before every source text, e.g. T5's 'summarize: '
+                 start_id:int|None=None, # The decoder's first input token (default: the pad id, T5's decoder_start_token_id)
+                 seed:int=0, shuffle:bool=True, split:str='train') -> Loader:
+    "Loader of (source, target) text pairs for an encoder-decoder: sources cut to `seq_len` tokens, targets to `target_len` with EOS."
+    recs = need(read_records(src, split), source, target)
+    _texts_of(recs, source, target)
+    check(tok.eos_id is not None, f"{tok.name_or_path or 'tokenizer'}: no EOS token, which ends every target")
+    check(target_len >= 2, f"target_len={target_len}: a target needs room for a token and EOS")
+    xs = _pipeline(tok, seq_len).encode_batch([prefix + o[source] for o in recs])
+    ys = [y.ids for y in _pipeline(tok).encode_batch([o[target] for o in recs], add_special_tokens=False)]
+    cx, cy = sum(bool(e.overflowing) for e in xs), sum(len(y) > target_len - 1 for y in ys)
+    _warn_cut(recs.src, cx, len(recs), 'sources', f"seq_len={seq_len} tokens")
+    _warn_cut(recs.src, cy, len(recs), 'targets', f"target_len={target_len} tokens (EOS included)")
+    pad = tok.pad_id if tok.pad_id is not None else 0
+    ex = Examples('seq2seq', dict(ids=[e.ids for e in xs], target=[y[:target_len - 1] + [tok.eos_id] for y in ys]), seq_len=seq_len, src=recs.src,
+                  n_truncated=cx + cy, start_id=pad if start_id is None else start_id)
+    return Loader([ex], bs, seed=seed, shuffle=shuffle, pad_id=pad)
+
+# %% ../nbs/06_data.ipynb #84539c02
+_args = dict(valid='valid', types='types', dec_ids='y', dec_valid='y_valid', doc_ids='docs')
+
+def is_causal(model) -> bool:
+    "Whether `model` predicts the next token (a decoder: labels are shifted) rather than `labels` in place (encoders, encoder-decoders)."
+    c = getattr(model, 'causal', None)
+    if c is not None: return bool(c)
+    ps = inspect.signature(model.forward).parameters
+    return not ('types' in ps or 'y' in ps)
+
+def model_args(model, b:dict, device=None) -> dict:
+    "Keyword arguments for `model(b['input_ids'], ...)` from batch `b`: each batch key whose forward argument `model` takes."
+    ps, causal = inspect.signature(model.forward).parameters, is_causal(model)
+    res = {}
+    for k, a in _args.items():
+        v = b.get(k)
+        if v is None or a not in ps or (k == 'valid' and causal): continue
+        if k == 'doc_ids' and not bool((v > 0).any()): continue       # one document per row: the plain causal mask
+        if k == 'types' and not bool(v.any()): continue                # all type 0: what a model without token types expects too
+        res[a] = v.to(device) if device is not None else v
+    return res

@@ -12,7 +12,7 @@ from .attention import rope_freqs, rope_cos_sin, attn_mask
 from .models import Config, make_block, make_norm, acts
 
 # %% auto #0
-__all__ = ['encoder_classes', 'Encoder', 'MaskedLM', 'SeqClassifier', 'TokenClassifier', 'pool', 'embed']
+__all__ = ['encoder_classes', 'Encoder', 'pool', 'Transform', 'MaskedLM', 'SeqClassifier', 'TokenClassifier', 'embed']
 
 # %% ../nbs/04b_encoders.ipynb #47335ad9
 class Encoder(nn.Module):
@@ -55,42 +55,6 @@ class Encoder(nn.Module):
         return self.norm(h)
 
 # %% ../nbs/04b_encoders.ipynb #e190259c
-class MaskedLM(nn.Module):
-    "Encoder with the masked-language-model head: logits (B, T, vocab)."
-    hf_class = 'BertForMaskedLM'
-    def __init__(self, cfg:Config):
-        super().__init__()
-        self.cfg, self.body = cfg, Encoder(cfg)
-        self.transform, self.transform_norm = nn.Linear(cfg.dim, cfg.dim, bias=cfg.bias), make_norm(cfg)
-        self.head = nn.Linear(cfg.dim, cfg.vocab_size)
-        self.tie()
-    def tie(self): self.head.weight = self.body.emb.weight
-    def forward(self, x, valid=None, types=None):
-        h = self.body(x, valid, types)
-        return self.head(self.transform_norm(acts[self.cfg.act](self.transform(h))))
-
-class SeqClassifier(nn.Module):
-    "Encoder with a classifier over the pooled first token: logits (B, n_labels)."
-    hf_class = 'BertForSequenceClassification'
-    def __init__(self, cfg:Config, n_labels:int|None=None):
-        super().__init__()
-        self.cfg, self.body = cfg, Encoder(cfg, pooler=True)
-        self.classifier = nn.Linear(cfg.dim, n_labels or cfg.n_labels or 2)
-    def forward(self, x, valid=None, types=None):
-        return self.classifier(torch.tanh(self.body.pooler(self.body(x, valid, types)[:, 0])))
-
-class TokenClassifier(nn.Module):
-    "Encoder with a classifier over every token: logits (B, T, n_labels)."
-    hf_class = 'BertForTokenClassification'
-    def __init__(self, cfg:Config, n_labels:int|None=None):
-        super().__init__()
-        self.cfg, self.body = cfg, Encoder(cfg)
-        self.classifier = nn.Linear(cfg.dim, n_labels or cfg.n_labels or 2)
-    def forward(self, x, valid=None, types=None): return self.classifier(self.body(x, valid, types))
-
-encoder_classes = {c.hf_class: c for c in (Encoder, MaskedLM, SeqClassifier, TokenClassifier)}
-
-# %% ../nbs/04b_encoders.ipynb #7688c4ad
 def pool(h, valid=None, how:str='mean'):
     "Pool hidden states (B, T, D) into (B, D): 'mean' over the real tokens (`valid`), or 'cls' (the first token)."
     check(how in ('mean', 'cls'), f"pool: how={how!r} must be 'mean' or 'cls'")
@@ -99,6 +63,49 @@ def pool(h, valid=None, how:str='mean'):
     w = valid[..., None].to(h.dtype)
     return (h * w).sum(1) / w.sum(1).clamp(min=1e-9)
 
+class Transform(nn.Module):
+    "Dense, activation, norm: the first layer of the masked-LM head (and of ModernBERT's classifiers)."
+    def __init__(self, cfg:Config):
+        super().__init__()
+        self.dense, self.norm, self.act = nn.Linear(cfg.dim, cfg.dim, bias=cfg.bias), make_norm(cfg), acts[cfg.act]
+    def forward(self, h): return self.norm(self.act(self.dense(h)))
+
+class MaskedLM(nn.Module):
+    "Encoder with the masked-language-model head: logits (B, T, vocab)."
+    hf_class = 'BertForMaskedLM'
+    def __init__(self, cfg:Config):
+        super().__init__()
+        self.cfg, self.body, self.transform = cfg, Encoder(cfg), Transform(cfg)
+        self.head = nn.Linear(cfg.dim, cfg.vocab_size)
+        self.tie()
+    def tie(self): self.head.weight = self.body.emb.weight
+    def forward(self, x, valid=None, types=None): return self.head(self.transform(self.body(x, valid, types)))
+
+class SeqClassifier(nn.Module):
+    "Encoder with a classifier over the pooled sequence (`cfg.pooling`): logits (B, n_labels)."
+    hf_class = 'BertForSequenceClassification'
+    def __init__(self, cfg:Config, n_labels:int|None=None):
+        super().__init__()
+        self.cfg, self.body = cfg, Encoder(cfg, pooler=cfg.pooling == 'pooler')
+        if cfg.pooling != 'pooler': self.transform = Transform(cfg)
+        self.classifier = nn.Linear(cfg.dim, n_labels or cfg.n_labels or 2)
+    def forward(self, x, valid=None, types=None):
+        h, how = self.body(x, valid, types), self.cfg.pooling
+        return self.classifier(torch.tanh(self.body.pooler(h[:, 0])) if how == 'pooler' else self.transform(pool(h, valid, how)))
+
+class TokenClassifier(nn.Module):
+    "Encoder with a classifier over every token: logits (B, T, n_labels)."
+    hf_class = 'BertForTokenClassification'
+    def __init__(self, cfg:Config, n_labels:int|None=None):
+        super().__init__()
+        self.cfg, self.body = cfg, Encoder(cfg)
+        self.transform = nn.Identity() if cfg.pooling == 'pooler' else Transform(cfg)
+        self.classifier = nn.Linear(cfg.dim, n_labels or cfg.n_labels or 2)
+    def forward(self, x, valid=None, types=None): return self.classifier(self.transform(self.body(x, valid, types)))
+
+encoder_classes = {c.hf_class: c for c in (Encoder, MaskedLM, SeqClassifier, TokenClassifier)}
+
+# %% ../nbs/04b_encoders.ipynb #7688c4ad
 @torch.no_grad()
 def embed(model, x, valid=None, types=None, how:str='mean', normalize:bool=True):
     "Sentence embeddings (B, D) of token ids `x` from an `Encoder` (or the body of a head model)."

@@ -1,4 +1,4 @@
-"""In-context-learning evaluation in LLM Foundry's task formats (multiple choice, schema, language modeling, generation with answers), scored in padded batches, plus perplexity.
+"""In-context-learning evaluation in LLM Foundry's task formats (multiple choice, schema, language modeling, generation with answers), scored in padded batches, plus perplexity; accuracy of classifiers and exact match of encoder-decoders.
 
 Docs: https://llmlite.github.io/llmlite/eval.html.md"""
 
@@ -8,13 +8,15 @@ Docs: https://llmlite.github.io/llmlite/eval.html.md"""
 from __future__ import annotations
 import random, re, string
 from pathlib import Path
-import numpy as np, torch
+import numpy as np, torch, torch.nn.functional as F
 from .core import LLMLiteError, check
-from .data import Records, read_records, need
+from .data import Records, read_records, need, Loader, cls_data, seq2seq_data, model_args
 from .generate import generate
+from .seq2seq import generate_seq2seq
 
 # %% auto #0
-__all__ = ['task_kinds', 'score', 'task_kind', 'split_ws', 'prompts', 'normalize_answer', 'evaluate', 'perplexity']
+__all__ = ['task_kinds', 'score', 'task_kind', 'split_ws', 'prompts', 'normalize_answer', 'evaluate', 'perplexity',
+           'eval_batches', 'accuracy', 'exact_match']
 
 # %% ../nbs/08_eval.ipynb #d5274200
 @torch.no_grad()
@@ -97,12 +99,13 @@ def normalize_answer(s:str) -> str:
     return ' '.join(re.sub(r'\b(a|an|the)\b', ' ', s.lower().translate(_punct)).split())
 
 # %% ../nbs/08_eval.ipynb #6f0fdd8a
-def evaluate(model, tok, task, # A JSONL path (or any `read_records` source), or a list of dicts
+def evaluate(model, tok, task, # A JSONL path (or any `read_records` source), a list of dicts, or a loader from cls_data/mlm_data/seq2seq_data
              n_shot:int=0, limit:int|None=None, # Few-shot examples per prompt; evaluate only the first `limit` examples
              bs:int=8, seed:int=1234, kind:str|None=None, # The task kind; None: recognised from the first record's fields
              sep:str=' ', delim:str='\n\n', # Between a context and its continuation (when neither has whitespace); between examples
              max_new_tokens:int=32, stop=('\n',)) -> dict: # Generation tasks: answer length and stop strings
-    "Accuracy (or exact match, for generation) of `model` on an in-context-learning `task`: {'kind', metric, 'n'}."
+    "Accuracy (or exact match, for generation) of `model` on an in-context-learning `task`, or on a classifier's or encoder-decoder's loader: {'kind', metric, 'n'}."
+    if isinstance(task, Loader): return dict(kind=task.kind, **(exact_match(model, task, tok, bs) if task.kind == 'seq2seq' else accuracy(model, task, bs=bs)))
     recs = read_records(task)
     kind = kind or task_kind(recs[0])
     check(kind in task_kinds, f"kind={kind!r}: use one of {', '.join(task_kinds)}")
@@ -151,3 +154,59 @@ def perplexity(model, tok, src, # A text, a list of texts, or a path (.txt, .jso
     check(seqs, "perplexity: no text with at least 2 tokens")
     nll = torch.cat([s for s, _ in score(model, seqs, bs)])
     return float(nll.mean().exp())
+
+# %% ../nbs/08_eval.ipynb #e92ac041
+def eval_batches(data:Loader, bs:int|None=None):
+    "Every example of every source of `data` once, in order, in batches of `bs` (default the loader's), on every rank whole."
+    for s, src in enumerate(data.sources):
+        n = bs or data.bs
+        for j in range(0, len(src), n): yield data.make_batch([(s, i) for i in range(j, min(j + n, len(src)))], j)
+
+def _logits(model, b, dev):
+    out = model(b['input_ids'].to(dev), **model_args(model, b, dev))
+    return getattr(out, 'logits', out)
+
+@torch.no_grad()
+def accuracy(model, data, # A `cls_data` (or `mlm_data`) loader, or records for `cls_data` (then give `tok`)
+             tok=None, bs:int|None=None, **kw) -> dict: # `kw`: `cls_data` arguments (seq_len, text, label, pair, labels) for records
+    "Accuracy and mean cross-entropy of a classifier (or masked LM) over every example of `data`: {'accuracy', 'loss', 'n'}."
+    if not isinstance(data, Loader):
+        check(tok is not None, "accuracy: records need `tok` to tokenize them")
+        data = cls_data(data, tok, shuffle=False, **kw)
+    check(data.kind in ('cls', 'mlm'), f"accuracy: a {data.kind!r} loader; use a cls_data or mlm_data one (seq2seq: exact_match)")
+    dev, was = next(model.parameters()).device, model.training
+    model.eval()
+    hit = tot = 0; loss = 0.
+    try:
+        for b in eval_batches(data, bs):
+            out, y = _logits(model, b, dev).float(), b['labels'].to(dev)
+            m = y != -100
+            loss += F.cross_entropy(out.flatten(0, -2), y.flatten(), ignore_index=-100, reduction='sum').item()
+            hit += int((out.argmax(-1) == y)[m].sum()); tot += int(m.sum())
+    finally: model.train(was)
+    check(tot, "accuracy: no labelled example")
+    return dict(accuracy=hit / tot, loss=loss / tot, n=tot)
+
+@torch.no_grad()
+def exact_match(model, data, tok, # A `seq2seq_data` loader, or records for `seq2seq_data`
+                bs:int|None=None, max_new_tokens:int|None=None, # Default: the longest target of the batch
+                normalize:bool=True, # compare `normalize_answer` forms (False: the exact strings, for rewriting tasks where punctuation matters)
+                **kw) -> dict: # `seq2seq_data` arguments (seq_len, target_len, source, target, prefix) for records
+    "Exact match of greedy `generate_seq2seq` outputs against the targets, and the targets' mean cross-entropy: {'exact_match', 'loss', 'n'}."
+    if not isinstance(data, Loader): data = seq2seq_data(data, tok, shuffle=False, **kw)
+    check(data.kind == 'seq2seq', f"exact_match: a {data.kind!r} loader; use a seq2seq_data one")
+    dev, was, start = next(model.parameters()).device, model.training, data.sources[0].start_id
+    model.eval()
+    ok, loss, ntok = [], 0., 0
+    try:
+        for b in eval_batches(data, bs):
+            y = b['labels']
+            out = _logits(model, b, dev).float()
+            loss += F.cross_entropy(out.flatten(0, -2), y.to(dev).flatten(), ignore_index=-100, reduction='sum').item(); ntok += int((y != -100).sum())
+            gen = generate_seq2seq(model, b['input_ids'].to(dev), b['valid'].to(dev), max_new_tokens or y.shape[1], start, tok.eos_id, data.pad_id).cpu()
+            for g, t in zip(gen, y):
+                g = g.tolist(); g = g[:g.index(tok.eos_id)] if tok.eos_id in g else g
+                s, r = tok.decode(g), tok.decode(t[t != -100].tolist())
+                ok.append(normalize_answer(s) == normalize_answer(r) if normalize else s.strip() == r.strip())
+    finally: model.train(was)
+    return dict(exact_match=sum(ok) / len(ok), loss=loss / max(ntok, 1), n=len(ok))

@@ -17,12 +17,12 @@ from torch.distributed.tensor import DTensor
 from .core import LLMLiteError, check, as_dtype, default_dtype
 from .quant import QTensor
 from .adapters import save_adapter
-from .learner import _blocks, checkpoint_blocks
+from .learner import _blocks, checkpoint_blocks, _rank, _barrier
 from .models import Config
 
 # %% auto #0
-__all__ = ['shard_unit', 'check_world_size', 'shard', 'launch', 'trained_shapes', 'checkpoint_dirs', 'save_sharded',
-           'load_sharded', 'export_adapter', 'plan']
+__all__ = ['shard_unit', 'check_world_size', 'shard', 'init_from_env', 'launch', 'trained_shapes', 'checkpoint_dirs',
+           'save_sharded', 'load_sharded', 'export_adapter', 'plan']
 
 # %% ../nbs/10_fsdp.ipynb #7b8acf1a
 def shard_unit(w:QTensor) -> int:
@@ -36,8 +36,9 @@ def check_world_size(model:nn.Module, ws:int):
         if not isinstance(p, QTensor): continue
         u = shard_unit(p)
         ok = lambda k: p.shape[0] % k == 0 and (p.numel() // k) % u == 0
+        good = [k for k in range(1, 65) if ok(k)]
         check(ok(ws), f"{n}: a {p.method} weight of shape {tuple(p.shape)} can't be split over {ws} ranks (each shard needs whole rows and a multiple "
-                      f"of {u} weights); world sizes that work: {[k for k in range(1, 65) if ok(k)]}")
+                      f"of {u} weights); " + (f"world sizes that work: {good}" if good else "no world size works: quantize with hqq (64-weight groups) to shard this model"))
 
 # %% ../nbs/10_fsdp.ipynb #9e0f109b
 def _mp_policy(mixed_precision, device_type):
@@ -67,11 +68,19 @@ def shard(model:nn.Module, mixed_precision=None, # None: bf16 params + fp32 redu
 def _free_port():
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
+def init_from_env(timeout:float=600) -> bool: # seconds a collective may wait for a missing rank
+    "Join the process group the environment describes (as torchrun and `accelerate launch` set it); False when there is none."
+    env = os.environ
+    if 'RANK' not in env or 'WORLD_SIZE' not in env: return False
+    if dist.is_initialized(): return True
+    nccl = torch.cuda.is_available() and int(env.get('LOCAL_WORLD_SIZE', env['WORLD_SIZE'])) <= torch.cuda.device_count()   # a GPU per local rank
+    if nccl: torch.cuda.set_device(int(env.get('LOCAL_RANK', 0)))
+    dist.init_process_group('nccl' if nccl else 'gloo', timeout=datetime.timedelta(seconds=timeout))
+    return True
+
 def _rank_main(rank, fn, ws, port, timeout, args):
-    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(ws))
-    nccl = torch.cuda.is_available() and torch.cuda.device_count() >= ws
-    if nccl: torch.cuda.set_device(rank)
-    dist.init_process_group('nccl' if nccl else 'gloo', rank=rank, world_size=ws, timeout=datetime.timedelta(seconds=timeout))
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(ws), LOCAL_WORLD_SIZE=str(ws))
+    init_from_env(timeout)
     try: fn(*args)
     finally: dist.destroy_process_group()
 
@@ -86,9 +95,6 @@ def launch(fn, world_size:int, *args, timeout:float=120): # seconds a collective
 # %% ../nbs/10_fsdp.ipynb #36d7244e
 _OPTS = StateDictOptions(ignore_frozen_params=True)
 def _trained(model): return {n: p for n, p in model.named_parameters() if p.requires_grad}
-def _rank(): return dist.get_rank() if dist.is_initialized() else 0
-def _barrier():
-    if dist.is_initialized(): dist.barrier()
 
 def trained_shapes(model:nn.Module) -> dict:
     "`{name: global shape}` of the trainable parameters of `model` (the same sharded or not)."
@@ -151,20 +157,27 @@ _QBYTES = dict(nf4=0.5 + 1 / 64 + 4 / (64 * 256), hqq=0.5 + 4 / 64)  # bytes per
 _UNIT = dict(nf4=64 * 256, hqq=64)  # weights a shard must hold whole runs of
 _GiB = 2**30
 
-def _linears(c:Config) -> list:
-    "(in, out) of every linear of one block of `c`."
+_NAMES = ('wq', 'wk', 'wv', 'wo', 'gate', 'up', 'down')
+
+def _linears(c:Config) -> dict:
+    "`{name: (in, out)}` of every linear of one block of `c`."
     q, kv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
-    return [(c.dim, q), (c.dim, kv), (c.dim, kv), (q, c.dim), (c.dim, c.hidden), (c.dim, c.hidden), (c.hidden, c.dim)]
+    return dict(zip(_NAMES, [(c.dim, q), (c.dim, kv), (c.dim, kv), (q, c.dim), (c.dim, c.hidden), (c.dim, c.hidden), (c.hidden, c.dim)]))
 
 def plan(cfg, world_size:int=1, device_mem_gib:float=24., seq_len:int=2048, bs:int=1,
          quant:str|None='nf4', # 'nf4', 'hqq' (4 bits) or None (dense, in `dtype`)
          adapter:str='lora', r:int=8, checkpointing:bool=True, cpu_offload:bool=False,
-         dtype='bf16') -> dict: # compute dtype: bf16 on GPU, fp32 on CPU
+         dtype='bf16', # compute dtype: bf16 on GPU, fp32 on CPU
+         targets='all-linear', # the linears that get an adapter: 'all-linear' or names among wq wk wv wo gate up down
+         dropout:float=0.) -> dict: # adapter dropout: each adapted linear then keeps its dropped input and mask for backward
     "Predicted peak memory per device (GiB, term by term) for QLoRA training `cfg` (a `Config` or a known name) sharded over `world_size`."
     c = Config.from_name(cfg) if isinstance(cfg, str) else cfg
     check(quant in (None, *_QBYTES), f"plan: quant must be one of {[None, *_QBYTES]}, got {quant!r}")
     check(adapter in ('lora', 'dora'), f"plan: adapter must be 'lora' or 'dora', got {adapter!r}")
-    lins, ws, db = _linears(c), world_size, as_dtype(dtype).itemsize
+    ws, db = world_size, as_dtype(dtype).itemsize
+    tg = _NAMES if targets == 'all-linear' else tuple(targets)
+    check(set(tg) <= set(_NAMES), f"plan: targets must be 'all-linear' or names among {list(_NAMES)}, got {targets!r}")
+    lins = list(_linears(c).values()); ad = [_linears(c)[n] for n in tg]
     if quant:
         for i, o in lins:
             ok = o % ws == 0 and (i * o // ws) % _UNIT[quant] == 0
@@ -172,18 +185,20 @@ def plan(cfg, world_size:int=1, device_mem_gib:float=24., seq_len:int=2048, bs:i
     qb = _QBYTES[quant] if quant else db
     blk_w = sum(i * o for i, o in lins)
     frozen = c.n_layers * blk_w * qb / ws
-    n_ad = c.n_layers * sum(r * (i + o) + (o if adapter == 'dora' else 0) for i, o in lins)
+    n_ad = c.n_layers * sum(r * (i + o) + (o if adapter == 'dora' else 0) for i, o in ad)
     opt = n_ad * 16 / ws
     gathered = (2 * blk_w * qb + 2 * n_ad / c.n_layers * db if ws > 1 else 0) + (max(i * o for i, o in lins) * db if quant else 0)
     root = (c.vocab_size * c.dim * (1 if c.tie_embeddings else 2) + c.dim) * db
     root += root / ws if ws > 1 and not cpu_offload else 0  # its shard at rest, besides the gathered copy
     tok = bs * seq_len
     q, kv, d, h = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim, c.dim, c.hidden
-    per_tok = db * (5 * d + 3 * q + 4 * kv + 4 * h + 2 * r * len(lins))  # one block: norms, q/k/v (+rope'd), attention out, MLP gate/up/act/product, LoRA
-    block = 2 * tok * per_tok  # activations and their gradients while a block runs backward
-    acts = c.n_layers * tok * d * db + block if checkpointing else c.n_layers * tok * per_tok + block / 2
-    logits = tok * c.vocab_size * (db + 4 + 4)
-    terms = dict(frozen=0 if cpu_offload else frozen, gathered=gathered, root=root, adapter=0 if cpu_offload else opt, activations=acts, logits=logits)
-    peak = sum(terms.values())
+    saved = 2 * (4 + db) * d  # what one block keeps for backward, per token: each RMSNorm's fp32 input and its output,
+    saved += db * (2 * q + 2 * kv + 4 * h + 2 * r * len(ad))  # rope'd q and k, v, attention out, MLP gate/up/act/product, each adapter's A·x
+    saved += (db + 1) * sum(i for i, _ in ad) if dropout else 0  # each adapted linear's dropped input and its mask
+    acts = c.n_layers * tok * (d * db if checkpointing else saved)  # every block's input (checkpointing), or all every block saved
+    block = tok * ((saved if checkpointing else 0) + db * (3 * h + d))  # one block recomputed, plus the gradients alive at once in its backward (its MLP's)
+    logits = tok * c.vocab_size * 12  # the loss's backward: fp32 log-softmax, its gradient and the gradient of its input
+    terms = dict(frozen=0 if cpu_offload else frozen, gathered=gathered, root=root, adapter=0 if cpu_offload else opt, activations=acts, block=block, logits=logits)
+    peak = sum(terms.values()) - min(block, logits)  # the loss's backward is over before the first block's begins
     return dict(model=c.name, world_size=ws, **{k + '_gib': round(v / _GiB, 3) for k, v in terms.items()}, peak_gib=round(peak / _GiB, 2),
                 fits=peak <= device_mem_gib * _GiB, cpu_gib=round((frozen + opt) / _GiB, 2) if cpu_offload else 0.)

@@ -10,13 +10,14 @@ import copy, dataclasses, inspect, json, math, os, random, re, shutil, statistic
 from collections import deque
 from numbers import Real
 from pathlib import Path
-import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
+import numpy as np, torch, torch.nn as nn, torch.nn.functional as F, torch.distributed as dist
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.utils.checkpoint import checkpoint as _checkpoint
 from fastcore.basics import patch, store_attr
 from safetensors import safe_open
 from safetensors.torch import save_file
 from .core import LLMLiteError, check
-from .data import lm_loss
+from .data import lm_loss, label_loss, model_args, is_causal
 from .eval import evaluate
 from .generate import generate
 
@@ -87,14 +88,36 @@ def checkpoint_blocks(model:nn.Module, on:bool=True) -> nn.Module:
             b.forward = fwd
     return model
 
+# %% ../nbs/09_learner.ipynb #1973d691
+def _rank() -> int: return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+def _world() -> int: return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+def _barrier():
+    if _world() > 1: dist.barrier()
+
+def _reduce(xs:list, op:str='sum') -> list:
+    "Each number of `xs` summed (or its 'max' taken) over all ranks, as float64."
+    if _world() == 1: return list(xs)
+    t = torch.tensor(xs, dtype=torch.float64, device='cuda' if dist.get_backend() == 'nccl' else 'cpu')
+    dist.all_reduce(t, dist.ReduceOp.SUM if op == 'sum' else dist.ReduceOp.MAX)
+    return t.tolist()
+
+def _full(t:torch.Tensor) -> torch.Tensor:
+    "The whole of `t`: gathered from every rank when it is a DTensor (every rank must call)."
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+def _like(p:torch.Tensor, t:torch.Tensor) -> torch.Tensor:
+    "Whole tensor `t` laid out like `p`: this rank's slice when `p` is a DTensor."
+    if not isinstance(p, DTensor): return t
+    return distribute_tensor(t.to(p.device, p.dtype), p.device_mesh, p.placements, src_data_rank=None)  # every rank has `t`: no communication
+
 # %% ../nbs/09_learner.ipynb #d1996cd7
 def optim_state(opt:torch.optim.Optimizer, names:dict) -> tuple[dict, dict]:
-    "The state of `opt` as (tensors keyed '<param name>.<key>', JSON-able scalars and param groups); `names` maps parameter -> name."
+    "The state of `opt` as (whole tensors keyed '<param name>.<key>', JSON-able scalars and param groups); `names` maps parameter -> name."
     ts, sc = {}, {}
-    for p, st in opt.state.items():
-        for k, v in st.items():
-            key = f"{names[p]}.{k}"
-            if torch.is_tensor(v) and v.ndim > 0: ts[key] = v.detach().cpu().contiguous()
+    for p, n in names.items():       # in parameter order: the same on every rank, which matters for the gathers
+        for k, v in opt.state.get(p, {}).items():
+            key = f"{n}.{k}"
+            if torch.is_tensor(v) and v.ndim > 0: ts[key] = _full(v.detach()).cpu().contiguous()
             elif torch.is_tensor(v): sc[key] = dict(value=v.item(), dtype=str(v.dtype).removeprefix('torch.'))
             else: sc[key] = dict(value=v)
     groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k != 'params'} for g in opt.param_groups]
@@ -102,13 +125,16 @@ def optim_state(opt:torch.optim.Optimizer, names:dict) -> tuple[dict, dict]:
 
 def load_optim_state(opt:torch.optim.Optimizer, names:dict, ts:dict, meta:dict, src:str='optimizer'):
     "Load into `opt` a state written by `optim_state` (`src` names the file in errors)."
-    sd, idx = opt.state_dict(), {}
+    sd, idx, ps = opt.state_dict(), {}, {n: p for p, n in names.items()}
     for g, sg in zip(opt.param_groups, sd['param_groups']): idx.update({names[p]: i for p, i in zip(g['params'], sg['params'])})
     state = {}
     for key, v in [*ts.items(), *meta['scalars'].items()]:
         n, k = key.rsplit('.', 1)
         check(n in idx, f"{src}: state {key!r} is for parameter {n!r}, which is not trained here")
         if isinstance(v, dict): v = torch.tensor(v['value'], dtype=getattr(torch, v['dtype'])) if 'dtype' in v else v['value']
+        else:
+            check(v.shape == ps[n].shape, f"{src}: {key} has shape {tuple(v.shape)}, the parameter's is {tuple(ps[n].shape)}")
+            v = _like(ps[n], v)        # of a sharded parameter: this rank's slice
         state.setdefault(idx[n], {})[k] = v
     check(len(meta['groups']) == len(sd['param_groups']), f"{src}: {len(meta['groups'])} param groups, the optimizer has {len(sd['param_groups'])}")
     groups = [{**{k: (tuple(v) if k == 'betas' else v) for k, v in g.items()}, 'params': sg['params']} for g, sg in zip(meta['groups'], sd['param_groups'])]
@@ -205,16 +231,17 @@ class Learner:
                  snap_every:int=10, # in-memory snapshot of trainable weights and optimizer every n steps, for rolling back a spike
                  spike:float=3., spike_steps:int=3, # a spike: `spike_steps` steps in a row with loss > `spike` × the running median
                  spike_lr:float=0.5, # multiply the learning rate by this after each rollback (1: keep it)
-                 eval_task=None, eval_every:int|None=None, # a callable(model) -> number or dict, or a task for `evaluate` (needs `tok`)
+                 eval_task=None, eval_every:int|None=None, # a callable(model) -> number or dict, or a task or loader for `evaluate` (needs `tok` but for a classifier's loader)
                  prompts=None, sample_every:int|None=None, max_new_tokens:int=32, # prompts to generate from every n steps (needs `tok`)
                  tok=None, # tokenizer, for evaluation tasks and prompts
                  show_every:int|None=None, # print a progress line every n steps (default: 20 lines per run; 0: quiet)
-                 loss_fn=lm_loss, # loss_fn(logits, labels) -> scalar
+                 loss_fn=None, # loss_fn(logits, labels) -> scalar; default `lm_loss` for a causal decoder, else `label_loss` (labels in place)
                  precision:str='auto'): # 'auto' (bf16 autocast on GPU, fp32 on CPU), 'bf16' or 'fp32'
-        check(all(hasattr(data, a) for a in ('batch', 'state_dict', 'load_state_dict')), f"data: {type(data).__name__} is not a loader (see llmlite.data: text_data, prompt_data, chat_data, mix)")
+        check(all(hasattr(data, a) for a in ('batch', 'state_dict', 'load_state_dict')), f"data: {type(data).__name__} is not a loader (see llmlite.data: text_data, prompt_data, chat_data, cls_data, mlm_data, seq2seq_data, mix)")
         check(accum >= 1 and snap_every >= 1 and keep >= 1 and spike_steps >= 1, "accum, snap_every, keep and spike_steps must be >= 1")
         check(precision in ('auto', 'bf16', 'fp32'), f"precision={precision!r}: use 'auto', 'bf16' or 'fp32'")
-        check((eval_task is None or callable(eval_task) or tok is not None) and (not prompts or tok is not None), "evaluation tasks and prompts need `tok`")
+        no_tok = eval_task is None or callable(eval_task) or getattr(eval_task, 'kind', None) in ('cls', 'mlm')
+        check((no_tok or tok is not None) and (not prompts or tok is not None), "evaluation tasks and prompts need `tok`")
         store_attr(but='lr,wd,eps,betas')
         self.path = Path(path) if path is not None else None
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -228,8 +255,9 @@ class Learner:
                            beta1=as_sched(b1, 'betas[0]'), beta2=as_sched(b2, 'betas[1]'))
         self.device = self.params[0].device
         self.bf16 = precision == 'bf16' or (precision == 'auto' and self.device.type == 'cuda' and torch.cuda.is_bf16_supported())
-        sig = inspect.signature(model.forward).parameters
-        self._docs, self._keep = 'docs' in sig, 'keep' in sig
+        self._causal = is_causal(model)
+        self._keep = self._causal and 'keep' in inspect.signature(model.forward).parameters
+        self.loss_fn = loss_fn or (lm_loss if self._causal else label_loss)
         self.step, self.total, self.lr_mult, self.events, self.log, self.evals, self.samples, self._show = 0, 0, 1., [], [], [], [], show_every
         self.skip, self.high, self.hist, self.snaps, self.saved = set(), [], deque(maxlen=50), deque(maxlen=3), None
 
@@ -260,9 +288,8 @@ def progress(self:Learner, n:int) -> float:
 # %% ../nbs/09_learner.ipynb #b7938719
 @patch
 def _loss(self:Learner, b:dict) -> torch.Tensor:
-    "The loss of batch `b`; with the default loss and a model that can, logits only where a label follows."
-    x, y, docs = b['input_ids'].to(self.device), b['labels'].to(self.device), b.get('doc_ids')
-    kw = {'docs': docs.to(self.device)} if self._docs and docs is not None and bool((docs > 0).any()) else {}
+    "The loss of batch `b`, its keys passed by name to the forward (`model_args`); with `lm_loss` and a decoder that can, logits only where a label follows."
+    x, y, kw = b['input_ids'].to(self.device), b['labels'].to(self.device), model_args(self.model, b, self.device)
     sparse = self._keep and self.loss_fn is lm_loss
     if sparse:
         kw['keep'] = torch.zeros_like(y, dtype=torch.bool)
@@ -275,14 +302,16 @@ def _loss(self:Learner, b:dict) -> torch.Tensor:
 @patch
 def _grads(self:Learner, bs:list) -> tuple[float, float, int]:
     "Accumulate the gradient of the token-weighted mean loss over micro-batches `bs`: (loss, gradient norm, tokens)."
-    ns = [int((b['labels'][:, 1:] != -100).sum()) for b in bs]
-    tot, loss = max(sum(ns), 1), 0.
-    for b, n in zip(bs, ns):
-        if not n: continue
-        l = self._loss(b) * (n / tot)
-        l.backward(); loss += l.item()
+    ns = [int(((b['labels'][:, 1:] if self._causal else b['labels']) != -100).sum()) for b in bs]      # a decoder's first label predicts nothing
+    gs = _reduce(ns)                   # over all ranks: each rank holds its part of every batch
+    tot, loss = max(sum(gs), 1), 0.
+    for b, n, g in zip(bs, ns, gs):
+        if not g: continue
+        l = self._loss(b) * (n / tot) if n else self._loss(b).nan_to_num() * 0.   # a sharded model needs every rank's forward, even a rank with no labels
+        (l * _world()).backward(); loss += l.item()    # FSDP averages gradients over ranks; the loss is a sum of the ranks' parts
     gn = float(nn.utils.clip_grad_norm_(self.params, self.clip or math.inf))
-    return loss, gn, sum(int(b['valid'].sum()) if 'valid' in b else b['input_ids'].numel() for b in bs)
+    loss, ntok = _reduce([loss, sum(int(b['valid'].sum()) + int(b['dec_valid'].sum() if 'dec_valid' in b else 0) if 'valid' in b else b['input_ids'].numel() for b in bs)])
+    return loss, gn, int(ntok)
 
 @patch
 def one_step(self:Learner, n:int) -> dict:
@@ -351,19 +380,22 @@ def run_config(self:Learner) -> dict:
 
 @patch
 def save(self:Learner) -> Path:
-    "Write a checkpoint of the run after `self.step` steps, atomically, and keep only the newest `keep`."
+    "Write a checkpoint of the run after `self.step` steps, atomically, and keep only the newest `keep` (every rank calls it, rank 0 writes)."
     check(self.path is not None, "save: this Learner has no `path` to write checkpoints to")
+    ws = {n: _full(p.detach()).cpu().contiguous() for n, p in zip(self.names, self.params)}   # gathered whole on every rank...
     ots, ometa = optim_state(self.opt, self.pname)
     rts, rjs = rng_state()
     st = dict(step=self.step, lr_mult=self.lr_mult, skip=sorted(self.skip), hist=list(self.hist), high=self.high, events=self.events,
               data=self.data.state_dict(), optimizer=ometa, rng=rjs, run=self.run_config())
     def write(d):
-        save_file({n: p.detach().cpu().contiguous() for n, p in zip(self.names, self.params)}, d/'weights.safetensors')
+        save_file(ws, d/'weights.safetensors')
         save_file(ots, d/'optimizer.safetensors')
         save_file({k: v.contiguous() for k, v in rts.items()}, d/'rng.safetensors')
         _write_json(d/'state.json', st)
-    d = write_dir(self.path/'checkpoints'/f'step-{self.step:06d}', write)
-    for old in checkpoints(self.path)[:-self.keep]: shutil.rmtree(old, ignore_errors=True)
+    d = self.path/'checkpoints'/f'step-{self.step:06d}'
+    if _rank() == 0:                                                                          # ...and written once
+        write_dir(d, write)
+        for old in checkpoints(self.path)[:-self.keep]: shutil.rmtree(old, ignore_errors=True)
     self.saved = self.step
     return d
 
@@ -377,7 +409,7 @@ def load(self:Learner, ck:dict):
     for n, p in zip(self.names, self.params):
         check(w[n].shape == p.shape, f"{d}/weights.safetensors: {n} has shape {tuple(w[n].shape)}, the model's is {tuple(p.shape)}")
     with torch.no_grad():
-        for n, p in zip(self.names, self.params): p.copy_(w[n])
+        for n, p in zip(self.names, self.params): p.copy_(_like(p, w[n]))
     load_optim_state(self.opt, self.pname, ck['optimizer'], st['optimizer'], f"{d}/optimizer.safetensors")
     set_rng_state(ck['rng'], st['rng'])
     self.data.load_state_dict(st['data'])
@@ -387,16 +419,20 @@ def load(self:Learner, ck:dict):
 
 @patch
 def _resume(self:Learner):
-    "Continue from the newest readable checkpoint of this same run under `path`, if there is one."
-    if not checkpoints(self.path): return
-    ck = read_checkpoint(self.path)
+    "Continue from the newest readable checkpoint of this same run under `path`, if there is one (every rank reads it)."
+    ck = read_checkpoint(self.path) if checkpoints(self.path) else None
+    got = ck['state']['step'] if ck else -1
+    lo, hi = _reduce([-got, got], 'max')
+    check(-lo == hi, f"{self.path}: the ranks found different checkpoints (steps {-lo:.0f} to {hi:.0f}; -1: none): `path` must be a folder every rank sees")
+    if ck is None: return
     old, new = ck['state']['run'], self.run_config()
     diff = [f"{k}: saved {old.get(k)} vs now {new[k]}" for k in ('steps', 'accum', 'trainable') if old.get(k) != new[k]]
     check(not diff, f"{ck['dir']}: a checkpoint of a different run ({'; '.join(diff)[:300]}); use another `path`, or fit(resume=False) to start over")
     self.load(ck)
-    for f in ('metrics.jsonl', 'samples.jsonl'):         # drop what was logged after the checkpoint: those steps run again
-        p = self.path/f
-        if p.exists(): p.write_text(''.join(l for l in p.read_text().splitlines(True) if l.strip() and json.loads(l).get('step', 0) <= self.step))
+    if _rank() == 0:
+        for f in ('metrics.jsonl', 'samples.jsonl'):         # drop what was logged after the checkpoint: those steps run again
+            p = self.path/f
+            if p.exists(): p.write_text(''.join(l for l in p.read_text().splitlines(True) if l.strip() and json.loads(l).get('step', 0) <= self.step))
     self.event('resume', self.step, checkpoint=ck['dir'].name)
 
 # %% ../nbs/09_learner.ipynb #7e5b7b0d
@@ -404,7 +440,7 @@ def _num(x): return x if not isinstance(x, float) or math.isfinite(x) else str(x
 
 @patch
 def _append(self:Learner, fname:str, row:dict):
-    if self.path is None: return
+    if self.path is None or _rank() != 0: return
     self.path.mkdir(parents=True, exist_ok=True)
     with open(self.path/fname, 'a') as f: f.write(json.dumps({k: _num(v) for k, v in row.items()}) + '\n')
 
@@ -486,15 +522,19 @@ def fit(self:Learner, epochs:float|None=None, steps:int|None=None, resume:bool=T
     self.step, self.lr_mult, self.skip, self.high, self.events, self.log, self.evals, self.samples = 0, 1., set(), [], [], [], [], []
     self.hist, self.snaps, self.saved = deque(maxlen=50), deque(maxlen=3), None
     save_every = self.save_every or max(1, self.total // 10)
-    self._show = self.show_every if self.show_every is not None else max(1, self.total // 20)
+    self._show = 0 if _rank() else self.show_every if self.show_every is not None else max(1, self.total // 20)
+    check(_world() == 1 or any(isinstance(p, DTensor) for p in self.params), f"{_world()} processes but the model is not sharded: call llmlite.fsdp.shard(model) first")
     self.data.step = 0
     if self.path is not None:
         ck = self.path/'checkpoints'
-        for t in ck.glob('.*-step-*') if ck.exists() else []: shutil.rmtree(t, ignore_errors=True)   # a save cut off by a crash
+        if _rank() == 0:
+            for t in ck.glob('.*-step-*') if ck.exists() else []: shutil.rmtree(t, ignore_errors=True)   # a save cut off by a crash
+            if not resume:
+                shutil.rmtree(ck, ignore_errors=True)
+                for f in ('metrics.jsonl', 'samples.jsonl'): (self.path/f).unlink(missing_ok=True)
+        _barrier()
         if resume: self._resume()
-        else:
-            shutil.rmtree(ck, ignore_errors=True)
-            for f in ('metrics.jsonl', 'samples.jsonl'): (self.path/f).unlink(missing_ok=True)
+    if _world() > 1: self.data.rank, self.data.world = _rank(), _world()   # this rank's part of each batch (set after loading a loader state)
     self.step0, self.t0 = self.step, time.time()
     self._t = self._tw = self.t0; self._win, due = [], False
     was = self.model.training; self.model.train()
@@ -519,7 +559,7 @@ def fit(self:Learner, epochs:float|None=None, steps:int|None=None, resume:bool=T
         self.model.train(was)
     if self.path is not None:
         if self.saved != self.step: self.save()
-        plot_curves([json.loads(l) for l in (self.path/'metrics.jsonl').read_text().splitlines()] if (self.path/'metrics.jsonl').exists() else self.log, self.path/'curves.png')
+        if _rank() == 0: plot_curves([json.loads(l) for l in (self.path/'metrics.jsonl').read_text().splitlines()] if (self.path/'metrics.jsonl').exists() else self.log, self.path/'curves.png')
     return self
 
 # %% ../nbs/09_learner.ipynb #de34b6a0

@@ -52,6 +52,7 @@ class Config:
     alibi_max:float = 8.        # ALiBi's maximum bias exponent
     type_vocab_size:int = 0     # token types (BERT segments)
     n_labels:int = 0            # classes of a classification head (0: none)
+    pooling:str|None = None     # classifiers: 'pooler' (BERT: the first token through a tanh layer) | 'cls' | 'mean' (ModernBERT: dense-act-norm over the first token / the real tokens' mean, or every token); None: cls for modernbert, else pooler
     n_dec_layers:int = 0        # decoder layers of an encoder-decoder (0: none)
     rel_buckets:int = 32        # T5 relative-position buckets
     rel_max_dist:int = 128      # T5: distances past this share the last bucket
@@ -66,6 +67,8 @@ class Config:
         check(self.pos in ('rope', 'alibi', 'abs', 'rel'), f"config: pos {self.pos!r} must be rope, alibi, abs or rel")
         check(self.norm in ('rms', 'ln'), f"config: norm {self.norm!r} must be rms or ln")
         check(self.act in acts, f"config: act {self.act!r} must be one of {', '.join(acts)}")
+        self.pooling = self.pooling or ('cls' if self.arch == 'modernbert' else 'pooler')
+        check(self.pooling in ('pooler', 'cls', 'mean'), f"config: pooling {self.pooling!r} must be pooler, cls or mean")
 
     def layer_window(self, i:int):
         "The sliding window of layer `i` (None: full attention)."
@@ -204,7 +207,11 @@ def _modernbert_from_hf(d, src):
         check(k in d, f"{src}: required field {k!r} is missing")
     act = d.get('hidden_activation', 'gelu')
     check(act in _hf_acts, f"{src}: hidden_activation {act!r} is not supported")
-    check(not d.get('attention_bias') and not d.get('mlp_bias'), f"{src}: attention_bias / mlp_bias are not supported")
+    check(not d.get('attention_bias') and not d.get('mlp_bias') and not d.get('classifier_bias'), f"{src}: attention_bias / mlp_bias / classifier_bias are not supported")
+    check(d.get('decoder_bias', True), f"{src}: decoder_bias false is not supported")
+    check(d.get('classifier_activation', act) == act, f"{src}: classifier_activation {d.get('classifier_activation')!r} differs from hidden_activation {act!r}: not supported")
+    pool = d.get('classifier_pooling', 'cls')
+    check(pool in ('cls', 'mean'), f"{src}: classifier_pooling {pool!r} must be cls or mean")
     n, every = d['num_hidden_layers'], d.get('global_attn_every_n_layers', 3)
     lt = d.get('layer_types') or ['sliding_attention' if i % every else 'full_attention' for i in range(n)]
     rp = d.get('rope_parameters') or {}
@@ -215,7 +222,7 @@ def _modernbert_from_hf(d, src):
                   rope_base=float(g), local_rope_base=float(l), window=d.get('local_attention', 128) // 2 + 1,
                   window_layers=[i for i, t in enumerate(lt) if t == 'sliding_attention'], tie_embeddings=d.get('tie_word_embeddings', True),
                   name=d.get('_name_or_path', ''), pos='rope', norm='ln', norm_bias=d.get('norm_bias', False), gated=True, act=_hf_acts[act],
-                  pad_id=d.get('pad_token_id'))
+                  pad_id=d.get('pad_token_id'), pooling=pool, n_labels=len(d['id2label']) if d.get('id2label') else d.get('num_labels') or 0)
 
 def config_to_hf(c:Config, dtype=torch.float32) -> dict:
     "A Hugging Face config.json dict for `c`."
@@ -233,7 +240,8 @@ def config_to_hf(c:Config, dtype=torch.float32) -> dict:
                     layer_types=lt, rope_parameters=dict(full_attention=dict(rope_type='default', rope_theta=c.rope_base),
                                                          sliding_attention=dict(rope_type='default', rope_theta=c.local_rope_base or c.rope_base)),
                     tie_word_embeddings=c.tie_embeddings, attention_bias=False, mlp_bias=False, classifier_bias=False, decoder_bias=True, torch_dtype=dt,
-                    **(dict(pad_token_id=c.pad_id) if c.pad_id is not None else {}))
+                    classifier_pooling=c.pooling, classifier_activation=c.act, **(dict(pad_token_id=c.pad_id) if c.pad_id is not None else {}),
+                    **(dict(num_labels=c.n_labels) if c.n_labels else {}))
     if c.arch == 't5':
         ff = ('gated-' if c.gated else '') + {'gelu_tanh': 'gelu_new'}.get(c.act, c.act)
         return dict(architectures=[hf_archs['t5']], model_type='t5', vocab_size=c.vocab_size, d_model=c.dim, d_kv=c.head_dim, d_ff=c.hidden,

@@ -115,7 +115,9 @@ def nf4_quantize(w:torch.Tensor, # float weight of any shape
 
 # %% ../nbs/01_quant.ipynb #676019d2
 @functools.cache
-def _nf4_pairs(device): return torch.stack([NF4[torch.arange(256) >> 4], NF4[torch.arange(256) & 15]], 1).to(device)
+def _nf4_pairs(device):
+    "Each byte's two NF4 values (high nibble first) packed in one 8-byte word, so decoding is a single gather."
+    return torch.stack([NF4[torch.arange(256) >> 4], NF4[torch.arange(256) & 15]], 1).view(torch.int64).view(-1).to(device)
 
 def _nf4_absmax(st, bs):
     "fp32 per-block absmax from a double-quantized (or plain fp32) state."
@@ -132,16 +134,13 @@ def nf4_dequantize(st:dict, shape, dtype=torch.float32, bs:int=64,
     "Dense `shape`/`dtype` tensor from the NF4 state `st`."
     n = math.prod(shape)
     dev = st['qdata'].device
-    if backend == 'auto': backend = 'bnb' if _has_bnb() and dev.type in ('cpu', 'cuda') and shape[-1] % 2 == 0 and st['absmax'].dtype == torch.uint8 else 'torch'
+    if backend == 'auto': backend = 'bnb' if _has_bnb() and dev.type in ('cpu', 'cuda') and shape[-1] % 2 == 0 else 'torch'
+    am = _nf4_absmax(st, bs)
     if backend == 'bnb':
-        import bitsandbytes.functional as bf
-        s2 = bf.QuantState(absmax=st['nested_absmax'], code=DYNAMIC.to(st['absmax'].device), blocksize=NESTED_BLOCK, dtype=torch.float32)
-        qs = bf.QuantState(absmax=st['absmax'], shape=torch.Size(shape), code=NF4.to(st['absmax'].device), blocksize=bs,
-                           quant_type='nf4', dtype=dtype, offset=st['offset'], state2=s2)
-        return bf.dequantize_4bit(st['qdata'], qs)
-    v = _nf4_pairs(st['qdata'].device).index_select(0, st['qdata'].view(-1).int()).view(-1)
-    am = _nf4_absmax(st, bs)[:, None]
-    v = v.view(-1, bs).mul_(am) if v.numel() == n and n % bs == 0 else _blocks(v[:n], bs)[0] * am
+        import bitsandbytes.functional  # registers the op
+        return torch.ops.bitsandbytes.dequantize_4bit.default(st['qdata'], am, bs, 'nf4', list(shape), dtype).view(shape)
+    v = _nf4_pairs(dev).index_select(0, st['qdata'].view(-1).int()).view(torch.float32)
+    v = v.view(-1, bs).mul_(am[:, None]) if v.numel() == n and n % bs == 0 else _blocks(v[:n], bs)[0] * am[:, None]
     return v.view(-1)[:n].view(shape).to(dtype)
 
 # %% ../nbs/01_quant.ipynb #00d7f688

@@ -151,6 +151,7 @@ def from_dir(cls:Tokenizer, path) -> Tokenizer:
     check(f.is_file(), f"{f} not found: llmlite reads a tokenizer from the `tokenizers` file tokenizer.json")
     try: tk = TkTokenizer.from_file(str(f))
     except Exception as e: raise LLMLiteError(f"{f}: not a tokenizers file ({e})") from None
+    tk.no_padding(); tk.no_truncation()   # a saved file may carry a fixed padding/length (all-MiniLM: 128); like transformers, apply none
     cfg = {**_read_json(path/'special_tokens_map.json'), **_read_json(path/'tokenizer_config.json')}
     tmpl = _read_json(path/'chat_template.json').get('chat_template', cfg.get('chat_template'))
     if (path/'chat_template.jinja').is_file(): tmpl = (path/'chat_template.jinja').read_text()

@@ -1,10 +1,11 @@
 "Interop of llmlite.adapters with transformers + PEFT (both directions, LoRA and DoRA), merging, disabling, QLoRA training, bad input."
 import copy, json, os, pytest, torch, torch.nn as nn, torch.nn.functional as F
 import transformers, peft
+from safetensors import safe_open
 from llmlite.core import LLMLiteError
 from llmlite.checkpoints import load
 from llmlite.quant import QLinear, quantize, quantize_linear
-from llmlite.adapters import (AdapterConfig, AdapterLinear, add_adapters, adapter_layers, adapter_names, dense_weight, delete_adapter,
+from llmlite.adapters import (_leaf, AdapterConfig, AdapterLinear, add_adapters, adapter_layers, adapter_names, dense_weight, delete_adapter,
                               disable_adapters, load_adapter, merge_adapters, save_adapter, set_adapter, trainable_params, unload_adapters)
 
 IDS = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
@@ -195,3 +196,83 @@ def test_save_model_refuses_unmerged(tmp_path):
     m = Decoder(Config(vocab_size=64, dim=32, n_layers=1, n_heads=4, hidden=64))
     add_adapters(m, 'lora', r=2)
     with pytest.raises(LLMLiteError, match='merge_adapters'): save_model(m, tmp_path)
+
+# MPT and ModernBERT checkpoints fuse q, k, v (ModernBERT also the MLP's gate and up) into one `Wqkv` (`Wi`) that llmlite splits
+FUSED = {'mpt': (transformers.MptForCausalLM, lambda: transformers.MptConfig(vocab_size=256, d_model=64, n_heads=4, n_layers=2, max_seq_len=32)),
+         'modernbert': (transformers.ModernBertForMaskedLM, lambda: transformers.ModernBertConfig(vocab_size=256, hidden_size=64, intermediate_size=96,
+             num_hidden_layers=2, num_attention_heads=4, local_attention=8, max_position_embeddings=64, pad_token_id=0))}
+
+@pytest.fixture(scope='module', params=list(FUSED))
+def fused(request, tmp_path_factory):
+    "A tiny random MPT or ModernBERT saved by transformers, and a loader for its transformers model."
+    cls, cfg = FUSED[request.param]
+    d = tmp_path_factory.mktemp(request.param)
+    torch.manual_seed(0)
+    m = cls(cfg())
+    with torch.no_grad():
+        for p in m.parameters(): p.normal_(0, 0.05)
+    m.save_pretrained(d)
+    return d, lambda: cls.from_pretrained(d, dtype=torch.float32).eval()
+
+@pytest.mark.parametrize('kind,rslora,targets', [('lora', False, 'all-linear'), ('dora', True, 'all-linear'), ('lora', True, ['wq', 'wv']), ('dora', False, ['wq', 'wv'])])
+def test_fused_ours_loads_in_peft(fused, tmp_path, kind, rslora, targets):
+    "Separate adapters on q, k, v are saved as one exactly equivalent PEFT adapter on the fused layer, of rank 3r (2r, k's block zero, for q and v only)."
+    d, hf = fused
+    model = add_adapters(our_model(d).eval(), kind, r=4, alpha=8, targets=targets, rslora=rslora)
+    randomize(adapter_params(model))
+    save_adapter(model, tmp_path)
+    conf = json.loads((tmp_path/'adapter_config.json').read_text())
+    want, scale = {'Wqkv': 12 if targets == 'all-linear' else 8, 'Wi': 8}, AdapterConfig(r=4, alpha=8, rslora=rslora).scale
+    paths = {k.removeprefix('base_model.model.').rsplit('.lora_', 1)[0] for k in safe_open(tmp_path/'adapter_model.safetensors', 'pt').keys()}
+    assert 'Wqkv' in conf['target_modules'] and 'Wqkv' in map(_leaf, paths)
+    for p in paths:  # the fused layers' rank and alpha (PEFT's rank_pattern, alpha_pattern where not the global r, lora_alpha) keep the scale
+        r, alpha = conf['rank_pattern'].get(p, conf['r']), conf['alpha_pattern'].get(p, conf['lora_alpha'])
+        assert r == want.get(_leaf(p), 4) and alpha / (r ** 0.5 if rslora else r) == pytest.approx(scale)
+    pm = peft.PeftModel.from_pretrained(hf(), tmp_path).eval()
+    x = IDS.clamp_min(1)
+    with torch.no_grad():
+        ours, theirs = model(x), pm(input_ids=x).logits
+        with disable_adapters(model): base = model(x)
+    assert (ours - base).abs().max() > 1e-3 and (ours - theirs).abs().max() < 1e-4   # the adapter matters (10x the tolerance at least); they agree
+
+@pytest.mark.parametrize('kind', ['lora', 'dora'])
+def test_fused_peft_loads_in_ours(fused, tmp_path, kind):
+    "A PEFT adapter on a fused layer loads as one A shared by the parts and B (and DoRA's magnitude) split by rows; saved again, it is fused at its rank."
+    d, hf = fused
+    pm = peft.get_peft_model(hf(), peft.LoraConfig(r=4, lora_alpha=8, use_dora=kind == 'dora', target_modules='all-linear', init_lora_weights=False))
+    randomize(adapter_params(pm), seed=1)
+    pm.eval().save_pretrained(tmp_path/'peft')
+    model = load_adapter(our_model(d).eval(), tmp_path/'peft')
+    x = IDS.clamp_min(1)
+    with torch.no_grad(): ours, theirs = model(x), pm(input_ids=x).logits
+    assert (ours - theirs).abs().max() < 1e-4
+    layers = adapter_layers(model)
+    assert {'attn.wq', 'attn.wk', 'attn.wv'} <= {p.split('blocks.0.')[-1] for p in layers}
+    assert torch.equal(layers[next(p for p in layers if p.endswith('attn.wq'))].lora_a['default'], layers[next(p for p in layers if p.endswith('attn.wv'))].lora_a['default'])
+    save_adapter(model, tmp_path/'again')
+    conf = json.loads((tmp_path/'again'/'adapter_config.json').read_text())
+    assert conf['r'] == 4 and not conf['rank_pattern'] and not conf['alpha_pattern']
+    back = peft.PeftModel.from_pretrained(hf(), tmp_path/'again').eval()
+    with torch.no_grad(): assert (back(input_ids=x).logits - theirs).abs().max() < 1e-6
+
+def test_fused_refuses_mixed_parts(tmp_path):
+    "Parts of a fused layer with different scales can't be one PEFT layer: saving says so instead of writing a wrong adapter."
+    d = tmp_path/'mpt'
+    transformers.MptForCausalLM(FUSED['mpt'][1]()).save_pretrained(d)
+    model = add_adapters(our_model(d), 'lora', r=4, targets=['wq', 'wk'])
+    model.blocks[0].attn.wk.cfgs['default'] = AdapterConfig('lora', r=4, alpha=4)
+    with pytest.raises(LLMLiteError, match=r"differs in kind or scale between the parts of transformer\.blocks\.0\.attn\.Wqkv"): save_adapter(model, tmp_path/'a')
+
+def test_peft_rank_and_alpha_pattern(tiny, tmp_path):
+    "PEFT's per-layer rank and alpha (`rank_pattern`, `alpha_pattern`) load layer by layer."
+    pm = peft.get_peft_model(hf_model(tiny), peft.LoraConfig(r=4, lora_alpha=8, target_modules=['q_proj', 'v_proj', 'down_proj'], init_lora_weights=False,
+                                                             rank_pattern={'v_proj': 6, r'layers\.1\.mlp\.down_proj': 2}, alpha_pattern={'q_proj': 3}))
+    randomize(adapter_params(pm), seed=2)
+    pm.eval().save_pretrained(tmp_path)
+    model = load_adapter(our_model(tiny), tmp_path)
+    with torch.no_grad(): assert (model(IDS) - pm(IDS).logits).abs().max() < 1e-4
+    c = {p: (m.cfgs['default'].r, m.cfgs['default'].alpha) for p, m in adapter_layers(model).items()}
+    assert c['blocks.0.attn.wv'] == (6, 8) and c['blocks.1.mlp.down'] == (2, 8) and c['blocks.0.mlp.down'] == (4, 8) and c['blocks.1.attn.wq'] == (4, 3)
+    save_adapter(model, tmp_path/'again')
+    back = peft.PeftModel.from_pretrained(hf_model(tiny), tmp_path/'again').eval()
+    with torch.no_grad(): assert (back(IDS).logits - pm(IDS).logits).abs().max() < 1e-6

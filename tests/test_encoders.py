@@ -1,4 +1,4 @@
-"MPT (ALiBi) and BERT-family parity with transformers on tiny random checkpoints, and the real all-MiniLM-L6-v2."
+"MPT (ALiBi) and BERT-family (BERT, ModernBERT, all heads) parity with transformers on tiny random checkpoints, and the real all-MiniLM-L6-v2."
 import importlib.util, json, math
 from pathlib import Path
 import pytest, torch, transformers
@@ -127,20 +127,43 @@ def test_minilm_sentence_embeddings(minilm):
     cls = embed(model, b['input_ids'], b['attention_mask'].bool(), how='cls')
     assert torch.allclose(cls.norm(dim=-1), torch.ones(4), atol=1e-5)
 
-@pytest.mark.parametrize('cls,ours', [(transformers.ModernBertModel, Encoder), (transformers.ModernBertForMaskedLM, MaskedLM)])
-def test_modernbert_parity_padded(tmp_path, cls, ours):
-    hc = transformers.ModernBertConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
-                                       local_attention=8, max_position_embeddings=64, pad_token_id=0)
+mb_tiny = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4, local_attention=8,
+               max_position_embeddings=64, pad_token_id=0)
+
+@pytest.mark.parametrize('cls,ours,pooling', [(transformers.ModernBertModel, Encoder, 'cls'), (transformers.ModernBertForMaskedLM, MaskedLM, 'cls'),
+    (transformers.ModernBertForSequenceClassification, SeqClassifier, 'cls'), (transformers.ModernBertForSequenceClassification, SeqClassifier, 'mean'),
+    (transformers.ModernBertForTokenClassification, TokenClassifier, 'mean')])
+def test_modernbert_parity_padded(tmp_path, cls, ours, pooling):
+    hc = transformers.ModernBertConfig(**mb_tiny, num_labels=3, classifier_pooling=pooling)
     torch.manual_seed(0)
     ref = _randomize(cls(hc)).eval()
     ref.save_pretrained(tmp_path)
     model, _ = load(tmp_path)
-    assert type(model) is ours and model.cfg.window_layers == [1, 2]
+    assert type(model) is ours and model.cfg.window_layers == [1, 2] and model.cfg.pooling == pooling
     x = torch.randint(1, 128, (3, 30))                      # longer than the window
     mask = torch.ones(3, 30, dtype=torch.long); mask[0, 20:] = 0; mask[2, 5:] = 0
     out = lambda o: o.last_hidden_state if cls is transformers.ModernBertModel else o.logits
+    real = lambda t: t if t.dim() == 2 else t[mask.bool()]  # sequence logits are (B, n_labels): every row counts
     with torch.no_grad(): a, b = model(x, mask.bool()), out(ref(x, attention_mask=mask))
-    assert (a - b)[mask.bool()].abs().max() < 1e-4
+    assert a.shape == b.shape and (real(a) - real(b)).abs().max() < 1e-4
     save_model(model, tmp_path/'out')
     back = cls.from_pretrained(tmp_path/'out').eval()
-    with torch.no_grad(): assert (out(back(x, attention_mask=mask)) - a)[mask.bool()].abs().max() < 1e-5
+    with torch.no_grad(): assert (real(out(back(x, attention_mask=mask))) - real(a)).abs().max() < 1e-5
+
+@pytest.mark.parametrize('task,ours', [('cls', SeqClassifier), ('tokens', TokenClassifier), ('base', Encoder)])
+def test_modernbert_new_task_head(tmp_path, task, ours):
+    "A base checkpoint loaded for a task gets a fresh head on the same body; a classifier checkpoint loads as its body alone."
+    torch.manual_seed(0)
+    src = transformers.ModernBertModel if task != 'base' else transformers.ModernBertForSequenceClassification
+    ref = _randomize(src(transformers.ModernBertConfig(**mb_tiny, num_labels=4))).eval()
+    ref.save_pretrained(tmp_path)
+    model, _ = load(tmp_path, task=task)
+    assert type(model) is ours and not any(p.is_meta for p in model.parameters())
+    x = torch.randint(1, 128, (2, 12))
+    with torch.no_grad():
+        h = ref.model(x).last_hidden_state if task == 'base' else ref(x).last_hidden_state
+        assert (getattr(model, 'body', model)(x) - h).abs().max() < 1e-4
+        if task == 'base': return
+        y = model(x)
+    assert y.shape[-1] == 4 and torch.isfinite(y).all()
+    assert torch.equal(model.transform.norm.weight, torch.ones(64))      # freshly initialised, not random checkpoint values

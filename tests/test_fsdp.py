@@ -1,5 +1,6 @@
-"FSDP2 on CPU with gloo: 2-rank QLoRA equals 1 process, 4-bit bytes gather exactly, checkpoints resume across world sizes, a killed rank fails fast."
-import json, os, signal, time
+"FSDP2 on CPU with gloo: 2-rank QLoRA equals 1 process, 4-bit bytes gather exactly, checkpoints resume across world sizes, a killed rank fails fast; the Learner and `llmlite finetune` under torchrun on 2 ranks."
+import gc, json, os, shutil, signal, subprocess, sys, time
+from pathlib import Path
 import pytest, torch, torch.nn as nn, torch.nn.functional as F, torch.distributed as dist
 from safetensors.torch import load_file
 from llmlite.core import LLMLiteError, MemoryMeter, rss
@@ -128,17 +129,17 @@ def test_bad_world_size_and_wrong_checkpoint(two):
 
 MEM = dict(vocab_size=8192, dim=1024, n_layers=4, n_heads=8, hidden=2048, max_seq_len=1024)
 def mem_work(out, bs, T):
-    "Peak RSS growth of one rank over its first QLoRA step (optimizer state included), from before the model exists."
+    "Peak RSS growth of one rank over its first QLoRA step (optimizer state included), from before the model exists (after a warm-up step on another model)."
     torch.set_num_threads(1)
-    quantize(nn.Linear(64, 64)).weight.dequantize()  # load the kernels' libraries before taking the baseline
+    w = shard(tiny()); step(w, opt_for(w), 0); del w; gc.collect()  # warm-up: libraries, thread pools and allocator arenas a first step sets up for good
     base = rss()
     torch.manual_seed(0)
     m = quantize(Decoder(Config(**MEM)), 'nf4'); add_adapters(m, 'lora', r=8)
     m = shard(m, checkpointing=True); o = opt_for(m)
     x = torch.randint(0, MEM['vocab_size'], (bs, T + 1))
-    def step():
+    def one():
         l = F.cross_entropy(m(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten()); l.backward(); o.step(); o.zero_grad()
-    with MemoryMeter() as mm: step()
+    with MemoryMeter() as mm: one()
     open(f"{out}.{dist.get_rank()}", 'w').write(json.dumps((mm.peak - base) / 2**30))
 
 def test_plan_matches_measured_peak_rss(tmp_path, monkeypatch):
@@ -178,3 +179,97 @@ def test_learner_dora_bf16(two):
     for got, want in ((r['learner'], learner_losses(tiny())), (r['dora'], run_steps(tiny_dora()))):
         assert max(abs(a - b) for a, b in zip(got, want)) < 1e-5, (got, want)
     assert max(abs(a - b) for a, b in zip(r['bf16'], run_steps(tiny()))) < 0.05, r['bf16']
+
+class Split:
+    "Batch `i`: 4 rows of 17 tokens (two distinct batches, so the loss falls fast), labels masked unevenly, this rank's contiguous part of them."
+    def __init__(self, spike=(), kill=None): self.step, self.steps, self.rank, self.world, self.spike, self.kill = 0, 0, 0, 1, spike, kill
+    def __len__(self): return 8
+    def batch(self, i):
+        if i == self.kill and self.rank == 1: os.kill(os.getpid(), signal.SIGKILL)
+        x = torch.randint(0, 256, (4, 17), generator=torch.Generator().manual_seed(100 + i if i in self.spike else i % 2)); y = x.clone()
+        for r in range(4): y[r, :(3 * r + i) % 7] = -100
+        k = 4 // self.world
+        return dict(input_ids=x[self.rank * k:(self.rank + 1) * k], labels=y[self.rank * k:(self.rank + 1) * k])
+    def state_dict(self): return dict(step=self.step)
+    def load_state_dict(self, d): self.step = d['step']
+
+LSTEPS = 20
+def fit_learner(path, kill=None):
+    "A Learner run on tiny() (sharded in a process group) with random batches at steps 15-17, a spike it rolls back: its (step, loss) rows and events."
+    torch.set_num_threads(1)
+    m = shard(tiny()) if dist.is_initialized() else tiny()
+    l = Learner(m, Split(spike=(14, 15, 16), kill=kill), lr=1e-2, spike=1.3, path=path, save_every=5, keep=5, show_every=0).fit(steps=LSTEPS)
+    return dict(rows=[(r['step'], r['loss']) for r in l.log], events=[e for e in l.events if e['event'] != 'resume'])
+
+def learner_work(out, jobs):
+    res = [fit_learner(**j) for j in jobs]
+    if dist.get_rank() == 0: open(out, 'w').write(json.dumps(res))
+
+def learn_on(tmp, ws, *jobs):
+    launch(learner_work, ws, str(tmp/'out.json'), list(jobs), timeout=60)
+    return json.loads((tmp/'out.json').read_text())
+
+def same_rows(a, b): return [s for s, _ in a] == [s for s, _ in b] and max(abs(x - y) for (_, x), (_, y) in zip(a, b)) < 1e-5
+
+def cut(src, dst, step):
+    "A copy of run folder `src` as if killed after the checkpoint of `step`."
+    shutil.copytree(src, dst)
+    for d in (dst/'checkpoints').glob('step-*'):
+        if int(d.name[5:]) > step: shutil.rmtree(d)
+    return dst
+
+def rows(d): return [(r['step'], r['loss']) for r in map(json.loads, (d/'metrics.jsonl').read_text().splitlines()) if 'loss' in r]
+
+@pytest.fixture(scope='module')
+def lref(tmp_path_factory):
+    "The Learner run in one process."
+    tmp = tmp_path_factory.mktemp('lref')
+    return tmp, fit_learner(tmp/'run')
+
+@pytest.fixture(scope='module')
+def ltwo(tmp_path_factory, lref):
+    "The run on 2 ranks with rank 1 killed at step 13, then run again; the second launch also resumes the 1-process run's step-10 checkpoint."
+    tmp = tmp_path_factory.mktemp('ltwo'); t = time.time()
+    with pytest.raises(LLMLiteError) as e: learn_on(tmp, 2, dict(path=str(tmp/'run'), kill=12))
+    killed = dict(error=str(e.value), seconds=time.time() - t, cks=[d.name for d in sorted((tmp/'run'/'checkpoints').glob('step-*'))], rows=rows(tmp/'run'))
+    return tmp, killed, learn_on(tmp, 2, dict(path=str(tmp/'run')), dict(path=str(cut(lref[0]/'run', tmp/'from1', 10))))
+
+def test_learner_killed_rank_resumes(lref, ltwo):
+    "A rank killed at step 13 stops the job with an error naming it; running again resumes from the step-10 checkpoint and ends as 1 process does."
+    tmp, killed, (again, _) = ltwo
+    assert 'rank 1 of 2 died (signal SIGKILL)' in killed['error'] and killed['seconds'] < 60, killed
+    assert killed['cks'] == ['step-000005', 'step-000010'] and [s for s, _ in killed['rows']] == list(range(1, 13))
+    assert same_rows(again['rows'], lref[1]['rows'][10:])
+
+def test_learner_sharded(lref, ltwo):
+    "On 2 ranks the Learner trains, rolls back the spike and checkpoints as 1 process; a 1-process checkpoint resumes on 2 ranks and a 2-rank one on 1."
+    (t1, ref), (t2, _, (again, one_two)) = lref, ltwo
+    assert [(e['event'], e['to'], e['skipped']) for e in ref['events']] == [('rollback', 10, [15, 17])]
+    assert same_rows(rows(t2/'run'), ref['rows']) and rows(t1/'run') == ref['rows']    # every step's loss, logged once by rank 0 (steps 1-10 by the killed run)
+    assert [(e['event'], e['step']) for e in again['events']] == [(e['event'], e['step']) for e in ref['events']]
+    a, b = load_file(t2/'run/checkpoints/step-000020/weights.safetensors'), load_file(t1/'run/checkpoints/step-000020/weights.safetensors')
+    assert sorted(a) == sorted(b) and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4   # 20 Adam steps amplify rounding
+    assert (t2/'run'/'curves.png').exists() and same_rows(one_two['rows'], ref['rows'][10:])
+    two_one = fit_learner(cut(t2/'run', t2/'from2', 10))
+    assert same_rows(two_one['rows'], ref['rows'][10:]) and [e['step'] for e in two_one['events']] == [e['step'] for e in ref['events']]
+
+def test_torchrun_finetune(smol_path, tmp_path):
+    "`torchrun --nproc_per_node 2 llmlite finetune`: sharded over 2 gloo ranks, rank 0 alone prints and writes, the losses and adapter are one process's."
+    from llmlite.checkpoints import save_model
+    from llmlite.tokenizer import Tokenizer
+    from llmlite.cli import finetune, Finetune
+    torch.manual_seed(0)   # dim 256, 2 kv heads: every NF4 weight splits over 2 ranks
+    save_model(Decoder(Config(vocab_size=49152, dim=256, n_layers=2, n_heads=4, n_kv_heads=2, hidden=512, tie_embeddings=True)), tmp_path/'model', Tokenizer.from_gguf(smol_path))
+    recs = [dict(messages=[dict(role='user', content=f'Say {w}.'), dict(role='assistant', content=w)]) for w in ['red', 'green', 'blue', 'cyan'] * 4]
+    (tmp_path/'chat.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in recs))
+    o = dict(model=tmp_path/'model', data=tmp_path/'chat.jsonl', eval_data=tmp_path/'chat.jsonl', steps=3, eval_n=1, bs=2, seq_len=64, show=0)
+    flags = [x for k, v in o.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', '--no-python', Path(sys.executable).parent/'llmlite',
+                        'finetune', *flags, '--out', tmp_path/'two'], capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'sharded over 2 ranks (gloo)' in r.stdout and r.stdout.count('held-out exact match before') == 1 and r.stdout.count('adapter saved to') == 1, r.stdout
+    finetune(Finetune(**{k: str(v) if isinstance(v, Path) else v for k, v in o.items()}, out=str(tmp_path/'one')))
+    two, one = rows(tmp_path/'two'), rows(tmp_path/'one')
+    assert [s for s, _ in two] == [1, 2, 3] and all(abs(a / b - 1) < 1e-5 for (_, a), (_, b) in zip(two, one)), (two, one)
+    a, b = (load_file(tmp_path/d/'adapter'/'adapter_model.safetensors') for d in ('two', 'one'))
+    assert sorted(a) == sorted(b) and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5

