@@ -1,5 +1,5 @@
 """Encoder and encoder-decoder throughput on CPU, llmlite vs transformers, same weights, fp32, padded batches:
-`python bench/encoders.py [--models minilm,bert-base,modernbert,t5-small] [--bs 16] [--seq 128] [--repeats 3] [--threads 1] [--memory]`.
+`python bench/encoders.py [--models minilm,bert-base,modernbert,t5-small] [--layers 0] [--bs 16] [--seq 128] [--repeats 3] [--threads 1] [--memory]`.
 Both libraries load the same saved checkpoint (the real all-MiniLM-L6-v2, or a random model of the named shape written once
 per run) and run the same batch: `bs` rows of `seq` slots, right-padded to lengths drawn between seq/4 and seq (T5: a
 target of seq/4 slots, padded likewise). tokens/s counts real tokens; forward runs under no_grad, forward+backward takes the
@@ -13,7 +13,7 @@ import torch
 MODELS = ['minilm', 'bert-base', 'modernbert', 't5-small']
 SIDES = ['llmlite', 'transformers']
 
-def model_dir(name, tmp) -> Path:
+def model_dir(name, tmp, layers=0) -> Path:
     "The checkpoint directory of benchmark model `name` (random ones are written into `tmp` once)."
     if name == 'minilm':
         import importlib.util
@@ -24,9 +24,10 @@ def model_dir(name, tmp) -> Path:
     d = Path(tmp)/name
     if (d/'config.json').exists(): return d
     torch.manual_seed(0)
-    m = {'bert-base': lambda: transformers.BertModel(transformers.BertConfig()),                    # BERT-base shape
-         'modernbert': lambda: transformers.ModernBertModel(transformers.ModernBertConfig()),      # ModernBERT-base shape
-         't5-small': lambda: transformers.T5ForConditionalGeneration(transformers.T5Config())}[name]()   # t5-small shape
+    n = dict(num_hidden_layers=layers) if layers else {}     # the named shape, or as wide with fewer layers
+    m = {'bert-base': lambda: transformers.BertModel(transformers.BertConfig(**n)),
+         'modernbert': lambda: transformers.ModernBertModel(transformers.ModernBertConfig(**n)),
+         't5-small': lambda: transformers.T5ForConditionalGeneration(transformers.T5Config(num_layers=layers or 6, num_decoder_layers=layers or 6))}[name]()
     m.save_pretrained(d)
     return d
 
@@ -39,7 +40,7 @@ def batch(vocab, bs, seq, seed):
 
 def side_fn(name, side, a):
     "A function running `side`'s model on the benchmark batch (returns its output), the model, and the real-token count."
-    d = model_dir(name, a.tmp)
+    d = model_dir(name, a.tmp, a.layers)
     cfg = json.loads((d/'config.json').read_text())
     x, valid = batch(cfg['vocab_size'], a.bs, a.seq, 0)
     t5 = name == 't5-small'
@@ -86,11 +87,11 @@ def run_memory(name, side, a):
     print(json.dumps(dict(peak=mm.peak - mm.start)))
 
 def main(a):
-    print(f"torch {torch.__version__}, {a.threads} thread(s); fp32, CPU; batch {a.bs} x {a.seq} slots, right-padded (T5 target {a.seq // 4} slots); "
+    print(f"torch {torch.__version__}, {a.threads} thread(s); fp32, CPU; {f'random models with {a.layers} layers; ' if a.layers else ''}batch {a.bs} x {a.seq} slots, right-padded (T5 target {a.seq // 4} slots); "
           f"median of {a.repeats} rounds after a warm-up, llmlite and transformers alternating")
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        args = [f'--bs={a.bs}', f'--seq={a.seq}', f'--repeats={a.repeats}', f'--threads={a.threads}', f'--tmp={tmp}']
+        args = [f'--layers={a.layers}', f'--bs={a.bs}', f'--seq={a.seq}', f'--repeats={a.repeats}', f'--threads={a.threads}', f'--tmp={tmp}']
         def sub(*x):
             r = subprocess.run([sys.executable, __file__, *x, *args], capture_output=True, text=True)
             if r.returncode: sys.exit(f"{' '.join(x)} failed:\n{r.stderr[-3000:]}")
@@ -114,6 +115,7 @@ def main(a):
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument('--models', default=','.join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
+    p.add_argument('--layers', type=int, default=0, help='random models: this many layers (0: the full shape)')
     p.add_argument('--bs', type=int, default=16)
     p.add_argument('--seq', type=int, default=128)
     p.add_argument('--repeats', type=int, default=3, help='timed rounds')

@@ -1,7 +1,7 @@
 """Validate `fsdp.plan` against measured per-rank memory of real 2-rank QLoRA FSDP training on CPU (gloo).
 
-Each configuration runs in a fresh 2-process job. A rank takes its RSS after imports and a warm-up step on a tiny sharded model as the baseline, builds an NF4 +
-LoRA decoder, shards it, and runs two AdamW steps. Measured, per rank, minus the baseline:
+Each configuration runs in a fresh 2-process job. A rank takes its RSS after imports and a warm-up step on a tiny sharded
+model as the baseline, builds an NF4 + LoRA decoder, shards it, and runs two AdamW steps. Measured, per rank, minus the baseline:
 - pre: RSS once the model is sharded, before training (the shards: plan's frozen + root shard + adapter weights);
 - rest: RSS after the steps, gradients freed (the shards and the optimizer state), i.e. what stays between steps;
 - peak: the highest RSS during the two steps (plan's peak_gib).

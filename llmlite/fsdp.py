@@ -35,10 +35,10 @@ def check_world_size(model:nn.Module, ws:int):
     for n, p in model.named_parameters():
         if not isinstance(p, QTensor): continue
         u = shard_unit(p)
-        ok = lambda k: p.shape[0] % k == 0 and (p.numel() // k) % u == 0
-        good = [k for k in range(1, 65) if ok(k)]
+        ok = lambda k: k == 1 or (p.shape[0] % k == 0 and (p.numel() // k) % u == 0)   # one rank holds the whole tensor
+        good = [k for k in range(2, 65) if ok(k)]
         check(ok(ws), f"{n}: a {p.method} weight of shape {tuple(p.shape)} can't be split over {ws} ranks (each shard needs whole rows and a multiple "
-                      f"of {u} weights); " + (f"world sizes that work: {good}" if good else "no world size works: quantize with hqq (64-weight groups) to shard this model"))
+                      f"of {u} weights); " + (f"world sizes that work: {good}" if good else "it splits over no number of ranks: quantize with hqq (64-weight groups) to shard this model"))
 
 # %% ../nbs/10_fsdp.ipynb #9e0f109b
 def _mp_policy(mixed_precision, device_type):
