@@ -6,7 +6,7 @@ Docs: https://llmlite.github.io/llmlite/learner.html.md"""
 
 # %% ../nbs/09_learner.ipynb #aeb58bdb
 from __future__ import annotations
-import copy, dataclasses, inspect, json, math, os, random, re, shutil, statistics, tempfile, time
+import copy, dataclasses, importlib.util, inspect, json, math, os, random, re, shutil, statistics, tempfile, time
 from collections import deque
 from numbers import Real
 from pathlib import Path
@@ -24,7 +24,7 @@ from .generate import generate
 # %% auto #0
 __all__ = ['Sched', 'const', 'linear', 'cosine', 'join', 'warmup_cosine', 'as_sched', 'checkpoint_blocks', 'optim_state',
            'load_optim_state', 'rng_state', 'set_rng_state', 'write_dir', 'checkpoints', 'read_checkpoint', 'Learner',
-           'plot_curves']
+           'scalars', 'metric_writers', 'plot_curves']
 
 # %% ../nbs/09_learner.ipynb #ac93b21d
 class Sched:
@@ -236,7 +236,8 @@ class Learner:
                  tok=None, # tokenizer, for evaluation tasks and prompts
                  show_every:int|None=None, # print a progress line every n steps (default: 20 lines per run; 0: quiet)
                  loss_fn=None, # loss_fn(logits, labels) -> scalar; default `lm_loss` for a causal decoder, else `label_loss` (labels in place)
-                 precision:str='auto'): # 'auto' (bf16 autocast on GPU, fp32 on CPU), 'bf16' or 'fp32'
+                 precision:str='auto', # 'auto' (bf16 autocast on GPU, fp32 on CPU), 'bf16' or 'fp32'
+                 log_to='auto'): # metrics also to 'tensorboard' (under path/tb) and/or 'wandb'; 'auto': those installed (wandb when WANDB_PROJECT is set)
         check(all(hasattr(data, a) for a in ('batch', 'state_dict', 'load_state_dict')), f"data: {type(data).__name__} is not a loader (see llmlite.data: text_data, prompt_data, chat_data, cls_data, mlm_data, seq2seq_data, mix)")
         check(accum >= 1 and snap_every >= 1 and keep >= 1 and spike_steps >= 1, "accum, snap_every, keep and spike_steps must be >= 1")
         check(precision in ('auto', 'bf16', 'fp32'), f"precision={precision!r}: use 'auto', 'bf16' or 'fp32'")
@@ -260,6 +261,7 @@ class Learner:
         self.loss_fn = loss_fn or (lm_loss if self._causal else label_loss)
         self.step, self.total, self.lr_mult, self.events, self.log, self.evals, self.samples, self._show = 0, 0, 1., [], [], [], [], show_every
         self.skip, self.high, self.hist, self.snaps, self.saved = set(), [], deque(maxlen=50), deque(maxlen=3), None
+        self._writers = []
 
     def __repr__(self): return f"Learner({type(self.model).__name__}, {len(self.params)} trainable tensors, step {self.step}/{self.total}, " + ', '.join(f"{k}={v!r}" for k, v in self.scheds.items()) + ')'
 
@@ -435,6 +437,47 @@ def _resume(self:Learner):
             if p.exists(): p.write_text(''.join(l for l in p.read_text().splitlines(True) if l.strip() and json.loads(l).get('step', 0) <= self.step))
     self.event('resume', self.step, checkpoint=ck['dir'].name)
 
+# %% ../nbs/09_learner.ipynb #8dea2898
+def scalars(row:dict, prefix:str='') -> dict:
+    "The finite numbers of a metrics row (nested dicts flattened with '/'; an event's under 'event/<kind>/'): what TensorBoard and wandb plot."
+    if 'event' in row: prefix = f"{prefix}event/{row['event']}/"
+    out = {}
+    for k, v in row.items():
+        if k in ('step', 'event'): continue
+        if isinstance(v, dict): out.update(scalars(v, f"{prefix}{k}/"))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v): out[prefix + k] = float(v)
+    return out
+
+def _tensorboard(d:Path, cfg:dict):
+    from torch.utils.tensorboard import SummaryWriter
+    w = SummaryWriter(str(d))
+    w.add_text('run_config', json.dumps(cfg, indent=1, default=str))
+    def log(step, xs):
+        for k, v in xs.items(): w.add_scalar(k, v, step)
+        w.flush()
+    log.close = w.close
+    return log
+
+def _wandb(d:Path|None, cfg:dict):
+    import wandb
+    run = wandb.init(config=cfg, dir=None if d is None else str(d), resume='allow')
+    def log(step, xs): run.log(xs, step=step)
+    log.close = run.finish
+    return log
+
+_installed = lambda m: importlib.util.find_spec(m) is not None
+
+def metric_writers(log_to, path, cfg:dict) -> list:
+    "Writers for `log_to` ('tensorboard', 'wandb', a list of them, 'auto' or None); each is called as w(step, scalars) and has `close()`."
+    if log_to == 'auto': log_to = [k for k, ok in (('tensorboard', path is not None and _installed('tensorboard')), ('wandb', _installed('wandb') and 'WANDB_PROJECT' in os.environ)) if ok]
+    ks = [log_to] if isinstance(log_to, str) else list(log_to or [])
+    bad = [k for k in ks if k not in ('tensorboard', 'wandb')]
+    check(not bad, f"log_to: unknown {bad}; use 'tensorboard', 'wandb', 'auto' or None")
+    for k, pkg in (('tensorboard', 'tensorboard'), ('wandb', 'wandb')):
+        check(k not in ks or _installed(pkg), f"log_to={k!r}: pip install {pkg}")
+    check('tensorboard' not in ks or path is not None, "log_to='tensorboard' writes under the Learner's `path`: set one")
+    return [_tensorboard(Path(path)/'tb', cfg) if k == 'tensorboard' else _wandb(path, cfg) for k in ks]
+
 # %% ../nbs/09_learner.ipynb #7e5b7b0d
 def _num(x): return x if not isinstance(x, float) or math.isfinite(x) else str(x)
 
@@ -443,6 +486,8 @@ def _append(self:Learner, fname:str, row:dict):
     if self.path is None or _rank() != 0: return
     self.path.mkdir(parents=True, exist_ok=True)
     with open(self.path/fname, 'a') as f: f.write(json.dumps({k: _num(v) for k, v in row.items()}) + '\n')
+    if fname == 'metrics.jsonl':
+        for w in self._writers: w(row['step'], scalars(row))
 
 @patch
 def event(self:Learner, kind:str, n:int, **kw):
@@ -534,6 +579,7 @@ def fit(self:Learner, epochs:float|None=None, steps:int|None=None, resume:bool=T
                 for f in ('metrics.jsonl', 'samples.jsonl'): (self.path/f).unlink(missing_ok=True)
         _barrier()
         if resume: self._resume()
+    self._writers = metric_writers(self.log_to, self.path, self.run_config()) if _rank() == 0 else []
     if _world() > 1: self.data.rank, self.data.world = _rank(), _world()   # this rank's part of each batch (set after loading a loader state)
     self.step0, self.t0 = self.step, time.time()
     self._t = self._tw = self.t0; self._win, due = [], False
@@ -557,6 +603,8 @@ def fit(self:Learner, epochs:float|None=None, steps:int|None=None, resume:bool=T
     finally:
         if self.grad_ckpt: checkpoint_blocks(self.model, False)
         self.model.train(was)
+        for w in self._writers: w.close()
+        self._writers = []
     if self.path is not None:
         if self.saved != self.step: self.save()
         if _rank() == 0: plot_curves([json.loads(l) for l in (self.path/'metrics.jsonl').read_text().splitlines()] if (self.path/'metrics.jsonl').exists() else self.log, self.path/'curves.png')
