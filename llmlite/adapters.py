@@ -6,7 +6,7 @@ Docs: https://llmlite.github.io/llmlite/adapters.html.md"""
 
 # %% ../nbs/02_adapters.ipynb #1406abf2
 from __future__ import annotations
-import dataclasses, json, math, re
+import copy, dataclasses, json, math, re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +19,10 @@ from .quant import QTensor, QLinear, quantize_linear
 from .checkpoints import hf_keymap, atomic_write, SafetensorsFile, _fused
 
 # %% auto #0
-__all__ = ['KINDS', 'AdapterConfig', 'dense_weight', 'AdapterLinear', 'linear_layers', 'adapter_layers', 'find_targets',
-           'adapter_names', 'set_adapter', 'add_adapters', 'ParamCount', 'trainable_params', 'disable_adapters',
-           'delete_adapter', 'unload_adapters', 'save_adapter', 'read_adapter_config', 'load_adapter', 'merge_adapters']
+__all__ = ['KINDS', 'AdapterConfig', 'dense_weight', 'AdapterLinear', 'TrainedCopy', 'trained_copies', 'linear_layers',
+           'adapter_layers', 'find_targets', 'adapter_names', 'set_adapter', 'add_adapters', 'ParamCount',
+           'trainable_params', 'disable_adapters', 'delete_adapter', 'unload_adapters', 'save_adapter',
+           'read_adapter_config', 'load_adapter', 'merge_adapters']
 
 # %% ../nbs/02_adapters.ipynb #c45eba0b
 KINDS = ('lora', 'dora')
@@ -136,12 +137,24 @@ def forward(self:AdapterLinear, x):
     return y.view(*x.shape[:-1], -1)
 
 # %% ../nbs/02_adapters.ipynb #79e2fa99
+class TrainedCopy(nn.Module):
+    "A module trained in full along with adapters (PEFT's `modules_to_save`, e.g. a new classifier head): a copy per adapter, the original when none is active."
+    def __init__(self, base:nn.Module):
+        super().__init__()
+        self.base, self.copies, self.active, self.disabled = base, nn.ModuleDict(), None, False
+    def forward(self, *args, **kw): return (self.base if self.disabled or self.active not in self.copies else self.copies[self.active])(*args, **kw)
+
+def trained_copies(model:nn.Module) -> dict:
+    "`{path: TrainedCopy}` of `model`."
+    return {n: m for n, m in model.named_modules() if isinstance(m, TrainedCopy)}
+
 def linear_layers(model:nn.Module) -> dict:
     "`{path: module}` for every linear layer of `model` (dense or 4-bit; an adapted layer counts once, under its own path)."
     res, inside = {}, None
     for n, m in model.named_modules():
         if inside and n.startswith(inside): continue
         if isinstance(m, AdapterLinear): res[n], inside = m, n + '.'
+        elif isinstance(m, TrainedCopy): inside = n + '.'     # a module trained in full is not adapted
         elif isinstance(m, (nn.Linear, QLinear)): res[n] = m
     return res
 
@@ -154,7 +167,7 @@ def _leaf(path): return path.rsplit('.', 1)[-1]
 def find_targets(model:nn.Module, targets='all-linear') -> list:
     "Paths of the linear layers of `model` selected by `targets` ('all-linear', a list of names, or a regex)."
     lin = list(linear_layers(model))
-    if targets == 'all-linear': return [n for n in lin if _leaf(n) != 'head']
+    if targets == 'all-linear': return [n for n in lin if _leaf(n) not in ('head', 'classifier')]   # never an output or task head
     pats = [targets] if isinstance(targets, (str, re.Pattern)) else list(targets)
     res = []
     for t in pats:
@@ -173,7 +186,7 @@ def _swap(model, path, new):
 
 def adapter_names(model:nn.Module) -> list:
     "Names of the adapters present in `model`, in the order they were added."
-    return list(dict.fromkeys(n for m in adapter_layers(model).values() for n in m.cfgs))
+    return list(dict.fromkeys([*(n for m in adapter_layers(model).values() for n in m.cfgs), *(n for m in trained_copies(model).values() for n in m.copies)]))
 
 def set_adapter(model:nn.Module, name:str|None):
     "Make adapter `name` the active one in every layer (None: no adapter); only its parameters train."
@@ -184,11 +197,15 @@ def set_adapter(model:nn.Module, name:str|None):
         m.active = name
         for k, d in ((k, d) for d in (m.lora_a, m.lora_b, m.magnitude) for k in d):
             d[k].requires_grad_(k == name)
+    for m in trained_copies(model).values():
+        m.active = name
+        for k, c in m.copies.items(): c.requires_grad_(k == name)
     return model
 
 def add_adapters(model:nn.Module, kind:str='lora', r:int=8, alpha:float=16, dropout:float=0.,
                  targets='all-linear', # 'all-linear', a list of layer names/paths, or a regex
-                 rslora:bool=False, name:str='default'):
+                 rslora:bool=False, name:str='default',
+                 train=None): # modules trained in full and saved with the adapter (PEFT's modules_to_save); None: the model's `classifier` head, if any
     "Add a LoRA/DoRA adapter `name` to the `targets` linear layers of `model`, freeze everything else and activate it."
     cfg = AdapterConfig(kind, r, alpha, dropout, rslora)
     check(isinstance(name, str) and name and '.' not in name, f"adapter name must be a non-empty string without '.', got {name!r}")
@@ -198,7 +215,15 @@ def add_adapters(model:nn.Module, kind:str='lora', r:int=8, alpha:float=16, drop
         m = lin[path]
         if not isinstance(m, AdapterLinear): _swap(model, path, m := AdapterLinear(m))
         m.add(name, cfg)
+    for path in ([p for p in ('classifier',) if hasattr(model, p)] if train is None else [train] if isinstance(train, str) else train):
+        m = _module(model, path)
+        if not isinstance(m, TrainedCopy): _swap(model, path, m := TrainedCopy(m))
+        m.copies[name] = copy.deepcopy(m.base)
     return set_adapter(model, name)
+
+def _module(model, path:str) -> nn.Module:
+    try: return model.get_submodule(path)
+    except AttributeError: raise LLMLiteError(f"train: {path!r} is not a module of {type(model).__name__} (its top-level modules: {[n for n, _ in model.named_children()]})") from None
 
 # %% ../nbs/02_adapters.ipynb #44345b75
 class ParamCount(NamedTuple):
@@ -218,7 +243,7 @@ def trainable_params(model:nn.Module) -> ParamCount:
 @contextmanager
 def disable_adapters(model:nn.Module):
     "Context manager: inside it `model` computes exactly its base model's outputs."
-    ms = list(adapter_layers(model).values())
+    ms = [*adapter_layers(model).values(), *trained_copies(model).values()]
     old = [m.disabled for m in ms]
     for m in ms: m.disabled = True
     try: yield model
@@ -235,6 +260,10 @@ def delete_adapter(model:nn.Module, name:str):
         del m.cfgs[name]
         if m.active == name: m.active = None
         if not m.cfgs: _swap(model, path, m.base)
+    for path, m in trained_copies(model).items():
+        if name in m.copies: del m.copies[name]
+        if m.active == name: m.active = None
+        if not len(m.copies): _swap(model, path, m.base)
     return model
 
 def unload_adapters(model:nn.Module):
@@ -299,6 +328,8 @@ def save_adapter(model:nn.Module, d, name:str|None=None):
     d = Path(d); d.mkdir(parents=True, exist_ok=True)
     units = _adapter_units(model, name)
     sd = {f"{_PREFIX}{p}.{suf}": ts[k].contiguous() for p, (_, ts) in units.items() for suf, k in _SUFFIXES.items() if k in ts}
+    heads = {_hf_paths(model)[0](p): m.copies[name] for p, m in trained_copies(model).items() if name in m.copies}   # PEFT's modules_to_save
+    sd.update({f"{_PREFIX}{h}.{k}": t.detach().contiguous() for h, m in heads.items() for k, t in m.state_dict().items()})
     cs = [c for c, _ in units.values()]
     c = max(cs, key=cs.count)   # the most common rank and alpha; the others go to rank_pattern and alpha_pattern
     check(len({(u.kind, u.dropout, u.rslora) for u in cs}) == 1, f"adapter {name!r}: its layers differ in kind, dropout or rslora, which PEFT's config holds once for all")
@@ -309,7 +340,7 @@ def save_adapter(model:nn.Module, d, name:str|None=None):
     conf = dict(peft_type='LORA', task_type=next((_TASKS[c.__name__] for c in type(model).__mro__ if c.__name__ in _TASKS), None), base_model_name_or_path=getattr(mc, 'name', None) or None,
                 r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout, use_rslora=c.rslora, use_dora=c.kind == 'dora',
                 rank_pattern={p: u.r for p, (u, _) in units.items() if u.r != c.r}, alpha_pattern={p: u.alpha for p, (u, _) in units.items() if u.alpha != c.alpha},
-                target_modules=leaves if same else paths, bias='none', fan_in_fan_out=False, init_lora_weights=True, inference_mode=True)
+                target_modules=leaves if same else paths, modules_to_save=sorted(heads) or None, bias='none', fan_in_fan_out=False, init_lora_weights=True, inference_mode=True)
     atomic_write(d/'adapter_model.safetensors', lambda f: save_file(sd, f, metadata={'format': 'pt'}))
     atomic_write(d/'adapter_config.json', lambda f: Path(f).write_text(json.dumps(conf, indent=2)))
     return d
@@ -322,7 +353,7 @@ _PEFT_FIELDS = {'task_type', 'peft_type', 'auto_mapping', 'peft_version', 'base_
     'alora_invocation_tokens', 'use_qalora', 'qalora_group_size', 'monteclora_config', 'layer_replication', 'runtime_config', 'lora_bias',
     'target_parameters', 'use_bdlora', 'arrow_config', 'kasa_config', 'ensure_weight_tying'}
 # options that change what an adapter computes: we run only their default (off)
-_PEFT_OFF = ('fan_in_fan_out', 'modules_to_save', 'megatron_config', 'trainable_token_indices', 'velora_config', 'alora_invocation_tokens',
+_PEFT_OFF = ('fan_in_fan_out', 'megatron_config', 'trainable_token_indices', 'velora_config', 'alora_invocation_tokens',
     'use_qalora', 'monteclora_config', 'layer_replication', 'lora_bias', 'target_parameters', 'use_bdlora', 'arrow_config', 'kasa_config')
 
 def _pattern(pats:dict, path:str, default):
@@ -356,7 +387,10 @@ def load_adapter(model:nn.Module, d, name:str='default'):
     _, to_ours = _hf_paths(model)
     lin, fused, found = linear_layers(model), _fused_layers(model), {}
     pat = re.compile(re.escape(_PREFIX) + r'(.+)\.(' + '|'.join(map(re.escape, _SUFFIXES)) + ')')
+    heads = {h: {} for h in json.loads((Path(d)/'adapter_config.json').read_text()).get('modules_to_save') or []}
     for k, t in sd.items():
+        h = next((h for h in heads if k.startswith(f"{_PREFIX}{h}.")), None)
+        if h is not None: heads[h][k[len(_PREFIX) + len(h) + 1:]] = t; continue
         m = pat.fullmatch(k)
         check(m is not None, f"{f}: unexpected tensor {k!r} (expected {_PREFIX}<module>.lora_A.weight, .lora_B.weight or .lora_magnitude_vector)")
         path = to_ours(m[1])
@@ -374,6 +408,7 @@ def load_adapter(model:nn.Module, d, name:str='default'):
             if attr in ts: check(tuple(ts[attr].shape) == shape,
                 f"{f}: {key}.{next(k for k, v in _SUFFIXES.items() if v == attr)} has shape {tuple(ts[attr].shape)}, but layer {path!r} "
                 f"of this model has weight shape ({o}, {i}), so it needs {shape} (r={cfg.r}): was this adapter made for another base model?")
+    copies = {h: _head_copy(model, to_ours(h), ts, f"{f}: modules_to_save {h!r}") for h, ts in heads.items() if ts}   # PEFT lists candidates ('classifier', 'score')
     for hf, ts in found.items():
         path, row = to_ours(hf), 0
         for p in fused.get(path, [path]):  # a fused layer's parts share A and split B and the magnitude by rows
@@ -384,7 +419,20 @@ def load_adapter(model:nn.Module, d, name:str='default'):
             with torch.no_grad():
                 for attr, t in ts.items(): getattr(m, attr)[name].copy_((t if attr == 'lora_a' else t[rows]).to(w.device, w.dtype))
             row = rows.stop
+    for h, c in copies.items():
+        path = to_ours(h)
+        if not isinstance(m := model.get_submodule(path), TrainedCopy): _swap(model, path, m := TrainedCopy(m))
+        m.copies[name] = c
     return set_adapter(model, name)
+
+def _head_copy(model, path:str, ts:dict, where:str) -> nn.Module:
+    "A copy of module `path` of `model` (its original, if it is trained already) holding the tensors `ts`; errors name `where`."
+    try: m = model.get_submodule(path)
+    except AttributeError: raise LLMLiteError(f"{where}: this model has no module {path!r}") from None
+    m = copy.deepcopy(m.base if isinstance(m, TrainedCopy) else m)
+    try: m.load_state_dict({k: t.to(next(m.parameters()).dtype) for k, t in ts.items()})
+    except RuntimeError as e: raise LLMLiteError(f"{where}: does not fit this model's {path!r}: {' '.join(str(e).split())}") from None
+    return m
 
 # %% ../nbs/02_adapters.ipynb #8b9e22b4
 @patch
@@ -417,4 +465,5 @@ def merge_adapters(model:nn.Module, name:str|None=None, requantize:bool=False) -
                 with torch.no_grad(): base.weight.copy_(w)
             base.requires_grad_(False)
         _swap(model, path, base)
+    for path, m in trained_copies(model).items(): _swap(model, path, (m.copies[name] if name in m.copies else m.base).requires_grad_(False))
     return dict(adapter=name, layers=n, max_abs_err=mx, mean_abs_err=tot / max(cnt, 1))

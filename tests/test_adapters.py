@@ -6,7 +6,7 @@ from llmlite.core import LLMLiteError
 from llmlite.checkpoints import load
 from llmlite.quant import QLinear, quantize, quantize_linear
 from llmlite.adapters import (_leaf, AdapterConfig, AdapterLinear, add_adapters, adapter_layers, adapter_names, dense_weight, delete_adapter,
-                              disable_adapters, load_adapter, merge_adapters, save_adapter, set_adapter, trainable_params, unload_adapters)
+                              disable_adapters, load_adapter, merge_adapters, save_adapter, set_adapter, trainable_params, trained_copies, unload_adapters)
 
 IDS = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
 # (kind, rslora, llmlite targets, the same layers as PEFT target_modules)
@@ -279,3 +279,52 @@ def test_peft_rank_and_alpha_pattern(tiny, tmp_path):
     save_adapter(model, tmp_path/'again')
     back = peft.PeftModel.from_pretrained(hf_model(tiny), tmp_path/'again').eval()
     with torch.no_grad(): assert (back(IDS).logits - pm(IDS).logits).abs().max() < 1e-6
+
+@pytest.fixture(scope='module')
+def bert_cls(tmp_path_factory):
+    "A tiny random BertForSequenceClassification checkpoint (3 labels)."
+    d = tmp_path_factory.mktemp('bert_cls')
+    torch.manual_seed(0)
+    transformers.BertForSequenceClassification(transformers.BertConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, max_position_embeddings=32, num_labels=3)).save_pretrained(d)
+    return d
+
+def _cls_inputs():
+    x = torch.randint(1, 128, (3, 12), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(3, 12, dtype=torch.long); mask[0, 7:] = 0
+    return x, mask
+
+def test_head_is_trained_copy_and_peft_loads_it(bert_cls, tmp_path):
+    "add_adapters on a classifier trains its head as a copy (PEFT's modules_to_save); PEFT loads the file with the head; disable gives the base head back."
+    m = our_model(bert_cls); x, mask = _cls_inputs()
+    with torch.no_grad(): base = m(x, mask.bool())
+    add_adapters(m, 'lora', r=4)
+    assert 'classifier' not in {_leaf(p) for p in adapter_layers(m)}                 # never LoRA on the head
+    assert all(p.requires_grad for p in m.classifier.copies['default'].parameters()) and not any(p.requires_grad for p in m.classifier.base.parameters())
+    randomize(adapter_params(m) + list(m.classifier.copies['default'].named_parameters()))
+    with torch.no_grad():
+        ours = m(x, mask.bool())
+        with disable_adapters(m): assert torch.equal(m(x, mask.bool()), base)
+    save_adapter(m, tmp_path)
+    assert json.loads((tmp_path/'adapter_config.json').read_text())['modules_to_save'] == ['classifier']
+    ref = transformers.BertForSequenceClassification.from_pretrained(bert_cls).eval()
+    pm = peft.PeftModel.from_pretrained(ref, tmp_path).eval()
+    with torch.no_grad(): assert (pm(x, attention_mask=mask).logits - ours).abs().max() < 1e-4
+    back = load_adapter(our_model(bert_cls), tmp_path)
+    with torch.no_grad(): assert (back(x, mask.bool()) - ours).abs().max() < 1e-6
+    merged = merge_adapters(back) and back
+    assert not trained_copies(back) and not adapter_layers(back)
+    with torch.no_grad(): assert (merged(x, mask.bool()) - ours).abs().max() < 1e-5
+
+def test_peft_head_loads_in_ours(bert_cls, tmp_path):
+    "A PEFT SEQ_CLS adapter (LoRA on q/v plus a trained classifier) gives the same logits in llmlite; a head of another shape is refused by name."
+    ref = transformers.BertForSequenceClassification.from_pretrained(bert_cls).eval()
+    pm = peft.get_peft_model(ref, peft.LoraConfig(task_type='SEQ_CLS', r=4, lora_alpha=8, target_modules=['query', 'value']))
+    randomize([(n, p) for n, p in pm.named_parameters() if p.requires_grad])
+    pm.save_pretrained(tmp_path)
+    x, mask = _cls_inputs()
+    m = load_adapter(our_model(bert_cls), tmp_path)
+    with torch.no_grad(): assert (m(x, mask.bool()) - pm.eval()(x, attention_mask=mask).logits).abs().max() < 1e-4
+    wide = our_model(bert_cls); wide.classifier = nn.Linear(64, 5)
+    with pytest.raises(LLMLiteError, match="modules_to_save 'classifier'"): load_adapter(wide, tmp_path)
+    assert not adapter_layers(wide) and not trained_copies(wide)                     # nothing half-loaded
