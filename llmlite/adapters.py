@@ -218,8 +218,17 @@ def add_adapters(model:nn.Module, kind:str='lora', r:int=8, alpha:float=16, drop
     for path in ([p for p in ('classifier',) if hasattr(model, p)] if train is None else [train] if isinstance(train, str) else train):
         m = _module(model, path)
         if not isinstance(m, TrainedCopy): _swap(model, path, m := TrainedCopy(m))
-        m.copies[name] = copy.deepcopy(m.base)
+        m.copies[name] = _dense_copy(m.base)
     return set_adapter(model, name)
+
+def _dense_copy(m:nn.Module) -> nn.Module:
+    "A trainable copy of `m`: a 4-bit linear layer becomes a dense one with its dequantized weight."
+    if not isinstance(m, QLinear): return copy.deepcopy(m)
+    res = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device=m.weight.device, dtype=m.weight.dtype)
+    with torch.no_grad():
+        res.weight.copy_(dense_weight(m))
+        if m.bias is not None: res.bias.copy_(m.bias)
+    return res
 
 def _module(model, path:str) -> nn.Module:
     try: return model.get_submodule(path)
@@ -429,7 +438,7 @@ def _head_copy(model, path:str, ts:dict, where:str) -> nn.Module:
     "A copy of module `path` of `model` (its original, if it is trained already) holding the tensors `ts`; errors name `where`."
     try: m = model.get_submodule(path)
     except AttributeError: raise LLMLiteError(f"{where}: this model has no module {path!r}") from None
-    m = copy.deepcopy(m.base if isinstance(m, TrainedCopy) else m)
+    m = _dense_copy(m.base if isinstance(m, TrainedCopy) else m)
     try: m.load_state_dict({k: t.to(next(m.parameters()).dtype) for k, t in ts.items()})
     except RuntimeError as e: raise LLMLiteError(f"{where}: does not fit this model's {path!r}: {' '.join(str(e).split())}") from None
     return m

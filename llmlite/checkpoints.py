@@ -180,7 +180,7 @@ def stream_into(model, items, dtype, device, quant:dict|None=None, stored=()):
         model.set_submodule(path, QLinear(w.to(device=device, dtype=dtype), None if b is None else b.to(device, dtype)))
     return model
 
-def quant_spec(quant, bits:int=4, group_size:int=64, skip=('head',)) -> dict|None:
+def quant_spec(quant, bits:int=4, group_size:int=64, skip=('head', 'classifier')) -> dict|None:
     "The quantization settings `load` passes on: None, or a dict for `quantize_linear`."
     if quant is None: return None
     check(quant in METHODS, f"quant={quant!r}: use one of {list(METHODS)} or None")
@@ -426,7 +426,7 @@ def resolve(src) -> Path:
 def load(src, dtype=None, device=None,
          quant:str|None=None, # quantize linear layers while loading: 'nf4', 'hqq' or None
          bits:int=4, group_size:int=64, # quantization bits (HQQ: 2, 3, 4, 8) and group size
-         skip=('head',), # linear layers (names or regexes) left unquantized
+         skip=('head', 'classifier'), # linear layers (names or regexes) left unquantized: output and task heads
          task:str|None=None, # encoders: 'base', 'mlm', 'cls' or 'tokens' (None: the checkpoint's own); a new task head starts fresh
          shard:bool|dict=False, # under a process group: FSDP2-shard while loading, each rank reading only its slices (True, or `fsdp.shard`'s keyword arguments)
          prepare=None): # with `shard`: called on the model before it is sharded, e.g. `lambda m: add_adapters(m, r=8)`

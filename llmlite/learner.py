@@ -72,8 +72,8 @@ def as_sched(v, what:str='hyperparameter') -> Sched:
 
 # %% ../nbs/09_learner.ipynb #1b742503
 def _blocks(model:nn.Module) -> list:
-    "The transformer blocks of `model`: the members of its ModuleLists named blocks/layers/h."
-    return [b for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and n.rsplit('.', 1)[-1] in ('blocks', 'layers', 'h') for b in m]
+    "The transformer blocks of `model`: the members of its ModuleLists named blocks/layers/h (and enc_blocks/dec_blocks: an encoder-decoder's)."
+    return [b for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and n.rsplit('.', 1)[-1] in ('blocks', 'layers', 'h', 'enc_blocks', 'dec_blocks') for b in m]
 
 def checkpoint_blocks(model:nn.Module, on:bool=True) -> nn.Module:
     "Turn activation checkpointing on (or off) for each transformer block of `model`."
