@@ -22,7 +22,7 @@ RUNS = [  # (label, config overrides, job)
 ]
 
 def rank_job(cfg, job, out):
-    import torch, torch.nn as nn, torch.nn.functional as F, torch.distributed as dist
+    import torch, torch.nn.functional as F, torch.distributed as dist
     from llmlite.core import MemoryMeter, rss
     from llmlite.models import Config, Decoder
     from llmlite.quant import quantize

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json, math, os, re, struct, tempfile
 from collections import defaultdict
 from pathlib import Path
-import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
+import numpy as np, torch, torch.nn as nn
 from safetensors.torch import save_file
 from .core import LLMLiteError, check, default_device, default_dtype, as_dtype
 from .models import Config, Decoder, config_from_hf, config_to_hf

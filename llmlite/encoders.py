@@ -31,7 +31,7 @@ class Encoder(nn.Module):
         if pooler: self.pooler = nn.Linear(cfg.dim, cfg.dim)
 
     def forward(self, x, valid=None, types=None):
-        c, (B, T) = self.cfg, x.shape
+        c, T = self.cfg, x.shape[1]
         check(T <= c.max_seq_len, f"{T} tokens exceed the position table of {c.max_seq_len} rows (config field max_seq_len)")
         check(x.numel() == 0 or (int(x.min()) >= 0 and int(x.max()) < c.vocab_size), f"token id {int(x.max())} out of range: the vocabulary has {c.vocab_size} tokens (config field vocab_size)")
         h = self.emb(x)

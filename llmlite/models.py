@@ -6,7 +6,6 @@ Docs: https://llmlite.github.io/llmlite/models.html.md"""
 
 # %% ../nbs/04_models.ipynb #b7f1f7c1
 from __future__ import annotations
-import dataclasses
 from dataclasses import dataclass
 import torch, torch.nn as nn, torch.nn.functional as F
 from .core import LLMLiteError, check

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools, json, math, re
 import torch, torch.nn as nn, torch.nn.functional as F
 from fastcore.basics import patch
-from .core import LLMLiteError, check, as_dtype
+from .core import check, as_dtype
 
 # %% auto #0
 __all__ = ['NF4', 'DYNAMIC', 'NESTED_BLOCK', 'METHODS', 'GROUP_SIZES', 'pack_bits', 'unpack_bits', 'dynamic_map',

@@ -7,7 +7,7 @@ import llmlite
 from llmlite.core import LLMLiteError, seed_everything
 from llmlite.tokenizer import Tokenizer
 from llmlite.models import Config
-from llmlite.encoders import SeqClassifier, MaskedLM
+from llmlite.encoders import MaskedLM
 from llmlite.seq2seq import EncoderDecoder
 from llmlite.data import cls_data, mlm_data, seq2seq_data
 from llmlite.learner import Learner, const

@@ -4,7 +4,6 @@ from pathlib import Path
 import pytest, torch, transformers
 from llmlite.core import LLMLiteError
 from llmlite.attention import alibi_slopes
-from llmlite.models import Config, Decoder
 from llmlite.checkpoints import load, save_model
 from llmlite.encoders import Encoder, MaskedLM, SeqClassifier, TokenClassifier, embed
 

@@ -1,10 +1,9 @@
 "Learner: exact resume after SIGKILL at random moments, interrupted saves, spikes, NaN steps, schedules, QLoRA."
-import json, math, os, random, signal, subprocess, sys, time
+import math, os, random, signal, subprocess, sys, time
 from pathlib import Path
 import pytest, torch
-from safetensors.torch import load_file
-from llmlite.learner import Learner, checkpoints, read_checkpoint, const, linear, cosine
-from llmlite.data import Loader, make_rows, lm_loss, mix
+from llmlite.learner import Learner, checkpoints, read_checkpoint, linear, cosine
+from llmlite.data import Loader, make_rows, lm_loss
 from llmlite.models import Config, Decoder
 from llmlite.core import LLMLiteError, seed_everything
 

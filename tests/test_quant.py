@@ -2,7 +2,7 @@
 import json, pytest, torch, torch.nn as nn
 import bitsandbytes as bnb, bitsandbytes.functional as bf
 from llmlite.core import LLMLiteError
-from llmlite.quant import (NF4, DYNAMIC, QLinear, QTensor, nf4_quantize, nf4_dequantize, quantize_blockwise8, quantize_linear,
+from llmlite.quant import (NF4, DYNAMIC, nf4_quantize, nf4_dequantize, quantize_blockwise8, quantize_linear,
                            quantize_weight, to_bnb_state, from_bnb_state, dequantize)
 
 SHAPES = [(64, 64), (256, 1024), (33, 70), (1000, 130), (300, 7)]
