@@ -22,7 +22,7 @@ from .quant import QLinear, quantize_linear, qtensor_from_state, is_skipped, MET
 __all__ = ['hf_names', 'mpt_names', 'bert_names', 'modernbert_names', 'hf_tables', 'gguf_names', 'gguf_archs', 't5_names',
            'KeyMap', 'hf_keymap', 'split_fused', 'fuse', 'place', 'finish', 'stream_into', 'quant_spec',
            'SafetensorsFile', 'build_model', 'init_missing', 'load_hf_dir', 'unpermute', 'GGUFFile', 'gguf_config',
-           'load_gguf', 'resolve', 'load', 'atomic_write', 'quant_config', 'save_model', 'empty_qtensor', 'read_rows',
+           'load_gguf', 'resolve', 'load', 'atomic_write', 'quant_config', 'save_model', 'empty_qtensor',
            'load_hf_sharded']
 
 # %% ../nbs/05_checkpoints.ipynb #31848c43
@@ -228,14 +228,21 @@ class SafetensorsFile:
             check(e - b == math.prod(v['shape']) * dt.itemsize, f"{p}: tensor {k!r} holds {e - b} bytes, its shape {v['shape']} needs {math.prod(v['shape']) * dt.itemsize}")
             check(self.start + e <= size, f"{p}: truncated: tensor {k!r} ends at byte {self.start + e}, the file has {size}")
 
-    def items(self):
-        "Yield (name, tensor) in file order, each read from disk into its own memory (no memory map kept alive)."
+    def read(self, key:str, r0:int=0, r1:int|None=None) -> torch.Tensor:
+        "Tensor `key` (or its rows `r0:r1`), read from disk into its own memory (no memory map kept alive)."
+        v = self.tensors[key]; dt, shape = _st_dtypes[v['dtype']], v['shape']
+        if r1 is None and r0 == 0: t, off = torch.empty(shape, dtype=dt), 0
+        else:
+            check(len(shape) >= 1 and 0 <= r0 <= (r1 := shape[0] if r1 is None else r1) <= shape[0], f"{self.path}: tensor {key!r} of shape {shape} has no rows {r0}:{r1}")
+            t, off = torch.empty([r1 - r0, *shape[1:]], dtype=dt), r0 * math.prod(shape[1:]) * dt.itemsize
         with open(self.path, 'rb') as f:
-            for k, v in sorted(self.tensors.items(), key=lambda kv: kv[1]['data_offsets'][0]):
-                t = torch.empty(v['shape'], dtype=_st_dtypes[v['dtype']])
-                f.seek(self.start + v['data_offsets'][0])
-                f.readinto(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
-                yield k, t
+            f.seek(self.start + v['data_offsets'][0] + off)
+            f.readinto(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        return t
+
+    def items(self):
+        "Yield (name, tensor) in file order, one tensor in memory at a time."
+        for k in sorted(self.tensors, key=lambda k: self.tensors[k]['data_offsets'][0]): yield k, self.read(k)
 
 _optional = re.compile(r'((bert\.)?pooler\.|cls\.|classifier\.|head\.|decoder\.)')  # task heads a model of another task does without
 
@@ -246,11 +253,13 @@ def _fit(name:str, have:set):
     if 'body.' + name in have: return 'body.' + name
     return name
 
+_BUFFERS = ('rotary_emb.inv_freq', 'position_ids')   # buffers some checkpoints store; we compute them
+
 def _stream_safetensors(files, km, skip=(), cfg=None, have=None):
     "Yield (file, our name, tensor) for every tensor of `files`, one tensor in memory at a time."
     for f in files:
         for k, t in SafetensorsFile(f).items():
-            if k.endswith(('rotary_emb.inv_freq', 'position_ids', 'coder.embed_tokens.weight')): continue   # buffers; T5's copies of `shared`
+            if k.endswith(_BUFFERS + ('coder.embed_tokens.weight',)): continue   # buffers; T5's copies of `shared`
             name = km.inv(k)
             if name in skip: continue
             check(name is not None, f"{f}: unexpected tensor {k!r}")
@@ -517,26 +526,16 @@ def empty_qtensor(shape, dtype, method:str='nf4', bits:int=4, group_size:int=64,
         data = dict(qdata=e(-(-n // u) * (u * bits // 8), torch.uint8), scale=e(n // group_size, torch.float16), zero=e(n // group_size, torch.float16))
     return QTensor(data, method, bits, group_size, torch.Size(shape), dtype)
 
-def read_rows(f:SafetensorsFile, key:str, r0:int, r1:int) -> torch.Tensor:
-    "Rows `r0:r1` of tensor `key` of safetensors file `f`, read from disk alone."
-    v = f.tensors[key]; dt, shape = _st_dtypes[v['dtype']], v['shape']
-    check(len(shape) >= 1 and 0 <= r0 <= r1 <= shape[0], f"{f.path}: tensor {key!r} of shape {shape} has no rows {r0}:{r1}")
-    t = torch.empty([r1 - r0, *shape[1:]], dtype=dt)
-    with open(f.path, 'rb') as fh:
-        fh.seek(f.start + v['data_offsets'][0] + r0 * math.prod(shape[1:]) * dt.itemsize)
-        fh.readinto(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
-    return t
-
 def _lazy_safetensors(files, km, skip):
     "Yield (file, our name, shape, rows reader) for every tensor of `files`; nothing is read until the reader is called."
     for path in files:
         f = SafetensorsFile(path)
         for k, v in sorted(f.tensors.items(), key=lambda kv: kv[1]['data_offsets'][0]):
-            if k.endswith(('rotary_emb.inv_freq', 'position_ids')): continue
+            if k.endswith(_BUFFERS): continue
             name = km.inv(k)
             if name in skip: continue
             check(name is not None, f"{path}: unexpected tensor {k!r}")
-            yield str(path), name, tuple(v['shape']), lambda r0, r1, f=f, k=k: read_rows(f, k, r0, r1)
+            yield str(path), name, tuple(v['shape']), lambda r0, r1, f=f, k=k: f.read(k, r0, r1)
 
 
 # %% ../nbs/05_checkpoints.ipynb #5642474d

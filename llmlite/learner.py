@@ -473,8 +473,7 @@ def metric_writers(log_to, path, cfg:dict) -> list:
     ks = [log_to] if isinstance(log_to, str) else list(log_to or [])
     bad = [k for k in ks if k not in ('tensorboard', 'wandb')]
     check(not bad, f"log_to: unknown {bad}; use 'tensorboard', 'wandb', 'auto' or None")
-    for k, pkg in (('tensorboard', 'tensorboard'), ('wandb', 'wandb')):
-        check(k not in ks or _installed(pkg), f"log_to={k!r}: pip install {pkg}")
+    for k in ks: check(_installed(k), f"log_to={k!r}: pip install {k}")
     check('tensorboard' not in ks or path is not None, "log_to='tensorboard' writes under the Learner's `path`: set one")
     return [_tensorboard(Path(path)/'tb', cfg) if k == 'tensorboard' else _wandb(path, cfg) for k in ks]
 

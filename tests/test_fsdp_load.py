@@ -1,7 +1,7 @@
 "Sharded loading under 2 gloo ranks: `load(src, shard=True)` gives each rank exactly the shards of sharding the fully loaded model (NF4 byte for byte, dense exactly), trains the same, and never reads the whole model."
 import json
 import pytest, torch, torch.nn.functional as F, torch.distributed as dist, transformers
-from llmlite.checkpoints import load, empty_qtensor, read_rows, SafetensorsFile
+from llmlite.checkpoints import load, empty_qtensor, SafetensorsFile
 from llmlite.core import LLMLiteError
 from llmlite.quant import QTensor, quantize_weight
 from llmlite.adapters import add_adapters
@@ -81,5 +81,5 @@ def test_read_rows_and_errors(tmp_path):
     f = SafetensorsFile(d/'model.safetensors')
     whole = dict(f.items())
     for k, (a, b) in (('model.embed_tokens.weight', (151, 301)), ('model.norm.weight', (0, 128)), ('lm_head.weight', (3, 3))):
-        assert torch.equal(read_rows(f, k, a, b), whole[k][a:b])
+        assert torch.equal(f.read(k, a, b), whole[k][a:b])
     with pytest.raises(LLMLiteError, match='needs a process group'): load(d, shard=True)
