@@ -94,46 +94,52 @@ def dora_norm(self:AdapterLinear, name:str, aw:torch.Tensor) -> torch.Tensor:
     n2 = self.weight_norm2() + 2 * s * (b * aw.detach().float().t()).sum(1) + s * s * ((b @ (a @ a.t())) * b).sum(1)
     return n2.clamp_min(0).sqrt()
 
-class _DoRA(torch.autograd.Function):
-    "DoRA's `g ⊙ (W x + s·B·A·xd) + bias`, `g = m / ||W + s·B·A||` with the norm a constant, from one dense or dequantized `W` per pass (`W` frozen)."
+def _dense(w, dtype): return w.dequantize(dtype) if isinstance(w, QTensor) else w.to(dtype)
+
+class _Adapted(torch.autograd.Function):
+    "LoRA's `z + bias` (`m` None) or DoRA's `g ⊙ z + bias`, with `z = W x + s·B·A·xd` and `g = m / ||W + s·B·A||` a constant; one dense or dequantized `W` per pass."
     @staticmethod
-    def forward(ctx, x, xd, a, b, m, bias, lyr, name):
-        w, s = lyr.base.weight, lyr.cfgs[name].scale
-        wd = w.dequantize(x.dtype) if isinstance(w, QTensor) else w
-        t, n = F.linear(xd, a) * s, lyr.dora_norm(name, F.linear(a, wd)).to(m.dtype)
-        g, z = (m / n).to(x.dtype), F.linear(x, wd).addmm_(t, b.t())
-        ctx.save_for_backward(xd, a, b, t, z, g, n)
-        ctx.lyr, ctx.s, ctx.same = lyr, s, xd is x
-        return z * g if bias is None else torch.addcmul(bias.to(x.dtype), z, g)
+    def forward(ctx, x, xd, a, b, m, bias, w, lyr, name):
+        s, wd = lyr.cfgs[name].scale, _dense(w, x.dtype)
+        g = n = None
+        if m is not None:
+            n = lyr.dora_norm(name, F.linear(a, wd)).to(m.dtype)
+            g = (m / n).to(x.dtype)
+        t = F.linear(xd, a).mul_(s)
+        z = F.linear(x, wd, bias if g is None else None).addmm_(t, b.t())
+        y = z if g is None else z * g if bias is None else torch.addcmul(bias, z, g)
+        ctx.save_for_backward(xd, a, b, t, None if g is None else z, g, n, x if ctx.needs_input_grad[6] else None)
+        ctx.w, ctx.s, ctx.same = w, s, xd is x
+        return y
 
     @staticmethod
     def backward(ctx, gy):
-        xd, a, b, t, z, g, n = ctx.saved_tensors
-        need, s = ctx.needs_input_grad, ctx.s
-        gz = gy * z   # one buffer: first for the magnitude's gradient, then for the gradient of z
-        gm = gz.sum(0).div_(n).to(n.dtype) if need[4] else None
-        gz = torch.mul(gy, g, out=gz)
-        gt = gz @ b
-        ga = (gt.t() @ xd).mul_(s) if need[2] else None
+        xd, a, b, t, z, g, n, x = ctx.saved_tensors
+        need, gz, gm = ctx.needs_input_grad, gy, None
+        if g is not None:   # DoRA: one buffer, first for the magnitude's gradient, then for the gradient of z
+            gz = gy * z
+            if need[4]: gm = gz.sum(0).div_(n).to(n.dtype)
+            gz = torch.mul(gy, g, out=gz)
+        gt = (gz @ b).mul_(ctx.s)   # the gradient of A·xd
+        ga = gt.t() @ xd if need[2] else None
         gb = gz.t() @ t if need[3] else None
-        gl = (gt * s) @ a if need[1] or (need[0] and ctx.same) else None   # through the adapter's input
-        gx = None
-        if need[0]:
-            w = ctx.lyr.base.weight
-            gx = gz @ (w.dequantize(gz.dtype) if isinstance(w, QTensor) else w)
-            if ctx.same: gx += gl
-        gbias = gy.sum(0) if need[5] else None   # a frozen base's bias has none
-        return gx, None if ctx.same else gl, ga, gb, gm, gbias, None, None
+        gx = gz @ _dense(ctx.w, gz.dtype) if need[0] else None
+        gl = gt @ a if need[1] and not ctx.same else None
+        if ctx.same and gx is not None: gx.addmm_(gt, a)   # through the adapter's input, added in place
+        gbias = gy.sum(0) if need[5] else None
+        gw = gz.t() @ x if need[6] else None   # only for a dense base someone unfroze
+        return gx, gl, ga, gb, gm, gbias, gw, None, None
 
 @patch
 def forward(self:AdapterLinear, x):
     n = self.active
     if self.disabled or n not in self.cfgs: return self.base(x)
-    c, a, b = self.cfgs[n], self.lora_a[n].to(x.dtype), self.lora_b[n].to(x.dtype)
-    xs = x.reshape(-1, x.shape[-1])
+    dt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype   # every operand in one dtype
+    c, bias = self.cfgs[n], self.base.bias
+    xs = x.reshape(-1, x.shape[-1]).to(dt)
     xd = F.dropout(xs, c.dropout, self.training) if c.dropout else xs
-    if c.kind == 'lora': y = torch.addmm(self.base(xs), F.linear(xd, a) * c.scale, b.t())
-    else: y = _DoRA.apply(xs, xd, a, b, self.magnitude[n], self.base.bias, self, n)
+    y = _Adapted.apply(xs, xd, self.lora_a[n].to(dt), self.lora_b[n].to(dt), self.magnitude[n] if c.kind == 'dora' else None,
+                       None if bias is None else bias.to(dt), self.base.weight, self, n)
     return y.view(*x.shape[:-1], -1)
 
 # %% ../nbs/02_adapters.ipynb #79e2fa99

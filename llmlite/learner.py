@@ -23,8 +23,8 @@ from .generate import generate
 
 # %% auto #0
 __all__ = ['Sched', 'const', 'linear', 'cosine', 'join', 'warmup_cosine', 'as_sched', 'checkpoint_blocks', 'optim_state',
-           'load_optim_state', 'rng_state', 'set_rng_state', 'write_dir', 'checkpoints', 'read_checkpoint', 'Learner',
-           'scalars', 'metric_writers', 'plot_curves']
+           'load_optim_state', 'rng_state', 'set_rng_state', 'write_dir', 'checkpoints', 'read_checkpoint', 'adamw',
+           'Learner', 'scalars', 'metric_writers', 'plot_curves']
 
 # %% ../nbs/09_learner.ipynb #ac93b21d
 class Sched:
@@ -217,6 +217,11 @@ def read_checkpoint(path) -> dict:
     raise LLMLiteError(f"{p}: no readable checkpoint: " + '; '.join(errs))
 
 # %% ../nbs/09_learner.ipynb #20ce09d3
+def adamw(groups:list, **kw) -> torch.optim.AdamW:
+    "AdamW over param `groups`, fused where every parameter is a floating-point tensor on a CPU or CUDA device."
+    fused = all(p.device.type in ('cpu', 'cuda') and p.is_floating_point() for g in groups for p in g['params'])
+    return torch.optim.AdamW(groups, fused=fused or None, **kw)
+
 class Learner:
     "Train the trainable parameters of `model` on `data` with AdamW, all hyperparameters scheduled; stable, logged and resumable."
     def __init__(self, model:nn.Module, data, # a `Loader` (anything with `batch(step)`, `state_dict()`, `load_state_dict()`, `steps`)
@@ -250,7 +255,7 @@ class Learner:
         self.names, self.params = [n for n, _ in named], [p for _, p in named]
         self.pname = {p: n for n, p in named}
         groups = [dict(params=[p for p in self.params if p.ndim >= 2], decay=True), dict(params=[p for p in self.params if p.ndim < 2], decay=False)]
-        self.opt = torch.optim.AdamW([g for g in groups if g['params']])
+        self.opt = adamw([g for g in groups if g['params']])
         b1, b2 = (betas if isinstance(betas, (tuple, list)) else (lambda p: betas(p)[0], lambda p: betas(p)[1]))
         self.scheds = dict(lr=warmup_cosine(lr) if isinstance(lr, Real) else as_sched(lr, 'lr'), wd=as_sched(wd, 'wd'), eps=as_sched(eps, 'eps'),
                            beta1=as_sched(b1, 'betas[0]'), beta2=as_sched(b2, 'betas[1]'))
@@ -615,7 +620,7 @@ def lr_find(self:Learner, start:float=1e-6, end:float=1., n:int=100, stop:float=
     "Suggest a learning rate from a short run with an exponentially growing one; the model is left unchanged."
     snap, was = self._snapshot(), self.model.training
     h = self.hypers(0.)
-    opt = torch.optim.AdamW([dict(params=g['params'], weight_decay=h['wd'] if g['decay'] else 0.) for g in self.opt.param_groups], eps=h['eps'], betas=(h['beta1'], h['beta2']))
+    opt = adamw([dict(params=g['params'], weight_decay=h['wd'] if g['decay'] else 0.) for g in self.opt.param_groups], eps=h['eps'], betas=(h['beta1'], h['beta2']))
     lrs, losses, avg, best = [], [], 0., math.inf
     self.model.train()
     try:

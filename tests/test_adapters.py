@@ -115,27 +115,30 @@ def test_qlora_training_freezes_base(tiny):
     tp = trainable_params(model)
     assert tp.trainable == sum(p.numel() for n, p in model.named_parameters() if n in trainable) and 0 < tp.pct < 100
 
+@pytest.mark.parametrize('kind', ['lora', 'dora'])
 @pytest.mark.parametrize('drop', [0., 0.3])
 @pytest.mark.parametrize('bias', [True, False])
 @pytest.mark.parametrize('q', [False, True])
-def test_dora_equals_naive_reference(bias, q, drop):
-    "Outputs and gradients equal a dense W' with explicit, detached row norms (dropout, in training, on the adapter's input only)."
+def test_adapter_equals_naive_reference(kind, bias, q, drop):
+    "Outputs and gradients equal a dense W' (for DoRA with explicit, detached row norms); dropout, in training, on the adapter's input only; an unfrozen dense base gets its gradient."
     torch.manual_seed(0)
     w, b = torch.randn(72, 40) * 0.1, (torch.randn(72) if bias else None)
     base = quantize_linear(w, b) if q else nn.Linear(40, 72, bias=bias)
-    lyr = AdapterLinear(base).add('d', AdapterConfig('dora', r=6, alpha=12, rslora=True, dropout=drop)).train()
+    lyr = AdapterLinear(base).add('d', AdapterConfig(kind, r=6, alpha=12, rslora=True, dropout=drop)).train()
     lyr.active = 'd'
     randomize(adapter_params(lyr))
-    A, B, m, s = lyr.lora_a['d'], lyr.lora_b['d'], lyr.magnitude['d'], 12 / 6 ** 0.5
+    A, B, s = lyr.lora_a['d'], lyr.lora_b['d'], 12 / 6 ** 0.5
+    ps = [A, B] + ([lyr.magnitude['d']] if kind == 'dora' else []) + ([] if q else [base.weight.requires_grad_()])
     x1 = torch.randn(2, 7, 40, requires_grad=True); x2 = x1.detach().clone().requires_grad_()
-    wd = dense_weight(base)
+    wd = base.weight if not q else dense_weight(base)
     wp = wd + s * B @ A   # the naive way: a dense delta and explicit norms
     torch.manual_seed(1); y1 = lyr(x1)
     torch.manual_seed(1); xd = F.dropout(x2, drop, True) if drop else x2   # the same dropout mask
-    y2 = (m / wp.norm(dim=1).detach()) * (x2 @ wd.t() + s * (xd @ A.t()) @ B.t()) + (0 if base.bias is None else base.bias)
+    z = x2 @ wd.t() + s * (xd @ A.t()) @ B.t()
+    y2 = (z if kind == 'lora' else (lyr.magnitude['d'] / wp.norm(dim=1).detach()) * z) + (0 if base.bias is None else base.bias)
     assert (y1 - y2).abs().max() < 1e-5
     gy = torch.randn_like(y1)
-    for u, v in zip(torch.autograd.grad(y1, [x1, A, B, m], gy), torch.autograd.grad(y2, [x2, A, B, m], gy)):
+    for u, v in zip(torch.autograd.grad(y1, [x1, *ps], gy), torch.autograd.grad(y2, [x2, *ps], gy)):
         assert (u - v).abs().max() < 1e-4 * max(1, v.abs().max())
 
 def test_several_adapters(tiny, tmp_path):
