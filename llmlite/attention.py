@@ -15,16 +15,30 @@ __all__ = ['RMSNorm', 'rope_freqs', 'rope_cos_sin', 'apply_rope', 'attn_mask', '
            'attend', 'KVCache']
 
 # %% ../nbs/03_attention.ipynb #fee6af9f
+class _RMSNorm(torch.autograd.Function):
+    "`w · (x / rms(x))`, normalised in fp32 (or wider); keeps `x` and the per-row `1/rms` for backward."
+    @staticmethod
+    def forward(ctx, x, w, eps):
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
+        r = xf.pow(2).mean(-1, keepdim=True).add_(eps).rsqrt_()
+        ctx.save_for_backward(x, w, r)
+        return w * (xf * r).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, w, r = ctx.saved_tensors
+        xn = x.to(r.dtype) * r
+        gw = (gy.to(r.dtype) * xn.to(x.dtype)).reshape(-1, x.shape[-1]).sum(0).to(w.dtype) if ctx.needs_input_grad[1] else None
+        g = (gy * w).to(r.dtype)
+        gx = g.sub_(xn.mul_((g * xn).mean(-1, keepdim=True))).mul_(r)   # r · (g - xn · mean(g · xn))
+        return gx.to(x.dtype), gw, None
+
 class RMSNorm(nn.Module):
     "Root-mean-square layer norm with a learned gain (no bias)."
     def __init__(self, dim:int, eps:float=1e-6):
         super().__init__()
         self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
-    def forward(self, x):
-        dt = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dt)
+    def forward(self, x): return _RMSNorm.apply(x, self.weight, self.eps)
 
 # %% ../nbs/03_attention.ipynb #c8b55eb8
 def rope_freqs(head_dim:int, base:float=10000., scaling:dict|None=None, device=None):
@@ -48,10 +62,25 @@ def rope_cos_sin(inv_freq, pos, dtype=torch.float32):
     ang = torch.cat([ang, ang], -1)
     return ang.cos().to(dtype), ang.sin().to(dtype)
 
+def _rotate(x, sign=1):
+    "`x` with its halves swapped and the new first half negated (`sign=-1`: the second), i.e. multiplied by i per frequency."
+    x1, x2 = x.chunk(2, -1)
+    return torch.cat([-x2, x1] if sign > 0 else [x2, -x1], -1)
+
+class _Rope(torch.autograd.Function):
+    "`x·cos + rotate(x)·sin`, a linear map: backward needs only the tables."
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        return _rotate(x).mul_(sin).addcmul_(x, cos)
+    @staticmethod
+    def backward(ctx, g):
+        cos, sin = ctx.saved_tensors
+        return _rotate(g * sin, -1).addcmul_(g, cos), None, None
+
 def apply_rope(x, cos, sin):
     "Rotate `x` (B, H, T, D) by the angles in `cos`/`sin` (B or 1, T, D)."
-    x1, x2 = x.chunk(2, -1)
-    return x * cos[:, None] + torch.cat([-x2, x1], -1) * sin[:, None]
+    return _Rope.apply(x, cos[:, None], sin[:, None])
 
 # %% ../nbs/03_attention.ipynb #782df57c
 def attn_mask(q_idx, k_len:int, valid=None, window:int|None=None, causal:bool=True, docs=None):

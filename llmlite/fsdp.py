@@ -192,8 +192,8 @@ def plan(cfg, world_size:int=1, device_mem_gib:float=24., seq_len:int=2048, bs:i
     root += root / ws if ws > 1 and not cpu_offload else 0  # its shard at rest, besides the gathered copy
     tok = bs * seq_len
     q, kv, d, h = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim, c.dim, c.hidden
-    saved = 2 * (4 + db) * d  # what one block keeps for backward, per token: each RMSNorm's fp32 input and its output,
-    saved += db * (2 * q + 2 * kv + 4 * h + 2 * r * len(ad))  # rope'd q and k, v, attention out, MLP gate/up/act/product, each adapter's A·x
+    saved = db * (4 * d + 3 * q + 2 * kv + 3 * h + r * len(ad))  # what one block keeps for backward, per token: each norm's input and output,
+    # rope'd q and k, v, attention out before and after merging heads, MLP gate/up/product, each adapter's A·x
     saved += (db + 1) * sum(i for i, _ in ad) if dropout else 0  # each adapted linear's dropped input and its mask
     acts = c.n_layers * tok * (d * db if checkpointing else saved)  # every block's input (checkpointing), or all every block saved
     block = tok * ((saved if checkpointing else 0) + db * (3 * h + d))  # one block recomputed, plus the gradients alive at once in its backward (its MLP's)

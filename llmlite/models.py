@@ -304,6 +304,22 @@ class Attention(nn.Module):
         if cache is not None and ctx is None: k, v = cache.update(layer, k, v)
         return self.wo(attend(q, k, v, mask, window, self.scale, alibi=alibi, bias=bias).transpose(1, 2).reshape(B, T, -1))
 
+class _Gated(torch.autograd.Function):
+    "`act(g) * h`, keeping only `g` and `h` for backward (`act(g)` is recomputed there, one cheap elementwise pass)."
+    @staticmethod
+    def forward(ctx, g, h, act):
+        ctx.save_for_backward(g, h)
+        ctx.act = act
+        return act(g).mul_(h)
+    @staticmethod
+    def backward(ctx, gy):
+        g, h = ctx.saved_tensors
+        with torch.enable_grad():
+            gd = g.detach().requires_grad_()
+            a = ctx.act(gd)
+        gg, = torch.autograd.grad(a, gd, gy * h)
+        return gg, gy * a.detach(), None
+
 class MLP(nn.Module):
     "Gated MLP `down(act(gate(x)) * up(x))` (SwiGLU with `act=F.silu`), or plain `down(act(up(x)))` with `gated=False`."
     def __init__(self, dim:int, hidden:int, act=F.silu, bias:bool=False, gated:bool=True):
@@ -313,7 +329,7 @@ class MLP(nn.Module):
         self.up, self.down = nn.Linear(dim, hidden, bias=bias), nn.Linear(hidden, dim, bias=bias)
     def forward(self, x):
         h = self.up(x)
-        return self.down(self.act(self.gate(x)) * h if hasattr(self, 'gate') else self.act(h))
+        return self.down(_Gated.apply(self.gate(x), h, self.act) if hasattr(self, 'gate') else self.act(h))
 
 class Block(nn.Module):
     "Pre-norm block `x + attn(norm(x))`, [`x + cross(norm(x))`], `x + mlp(norm(x))`; with `pre_norm=False`, post-norm `norm(x + f(x))`."
