@@ -338,11 +338,13 @@ class Block(nn.Module):
         super().__init__()
         self.attn_norm, self.attn, self.mlp_norm, self.mlp, self.pre_norm = attn_norm, attn, mlp_norm, mlp, pre_norm
         if cross is not None: self.cross_norm, self.cross = cross_norm, cross
-    def forward(self, x, ctx=None, ctx_mask=None, **kw):
+    def forward(self, x, ctx=None, ctx_mask=None,
+                keep=None, # an index of the positions whose output is wanted (a boolean mask or slices): the MLP runs on those only
+                **kw):
         res = (lambda x, f, n: n(x + f(x))) if not self.pre_norm else (lambda x, f, n: x + f(n(x)))
         x = res(x, lambda h: self.attn(h, **kw), self.attn_norm)
         if hasattr(self, 'cross'): x = res(x, lambda h: self.cross(h, mask=ctx_mask, ctx=ctx), self.cross_norm)
-        return res(x, self.mlp, self.mlp_norm)
+        return res(x if keep is None else x[keep], self.mlp, self.mlp_norm)
 
 def make_block(cfg:Config, cross:bool=False) -> Block:
     "One transformer block as `cfg` describes it (with cross-attention for an encoder-decoder's decoder)."
@@ -399,10 +401,9 @@ class Decoder(nn.Module):
                 masks[w] = attn_mask(slots, start + T, valid if padded else None, w, docs=docs) if tensor else 'causal' if T > 1 else None
             return masks[w]
         h = self.emb(x)
+        idx = (slice(None), slice(-1, None)) if last else keep   # the positions whose logits are wanted
         for i, b in enumerate(self.blocks):
             w = self.cfg.layer_window(i)
-            h = b(h, rope=rope, mask=mask(w), window=w, cache=cache, layer=i, alibi=slopes)
+            h = b(h, rope=rope, mask=mask(w), window=w, cache=cache, layer=i, alibi=slopes, keep=idx if i == len(self.blocks) - 1 else None)
         if cache is not None: cache.pos += T
-        if last: h = h[:, -1:]
-        if keep is not None: h = h[keep]
         return self.head(self.norm(h))
