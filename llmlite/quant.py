@@ -119,9 +119,13 @@ def _nf4_pairs(device):
     "Each byte's two NF4 values (high nibble first) packed in one 8-byte word, so decoding is a single gather."
     return torch.stack([NF4[torch.arange(256) >> 4], NF4[torch.arange(256) & 15]], 1).view(torch.int64).view(-1).to(device)
 
-def _nf4_absmax(st, bs):
-    "fp32 per-block absmax from a double-quantized (or plain fp32) state."
+@functools.cache
+def _dynamic(device): return DYNAMIC.to(device)
+
+def _nf4_absmax(st, backend='torch'):
+    "fp32 per-block absmax from a double-quantized (or plain fp32) state; `backend='bnb'`: bitsandbytes' kernel for the nested codes."
     if st['absmax'].dtype != torch.uint8: return st['absmax'].float()
+    if backend == 'bnb': return torch.ops.bitsandbytes.dequantize_blockwise.default(st['absmax'], st['nested_absmax'], _dynamic(st['absmax'].device), NESTED_BLOCK, torch.float32) + st['offset']
     return dequantize_blockwise8(st['absmax'], st['nested_absmax']) + st['offset']
 
 @functools.cache
@@ -135,10 +139,11 @@ def nf4_dequantize(st:dict, shape, dtype=torch.float32, bs:int=64,
     n = math.prod(shape)
     dev = st['qdata'].device
     if backend == 'auto': backend = 'bnb' if _has_bnb() and dev.type in ('cpu', 'cuda') and shape[-1] % 2 == 0 else 'torch'
-    am = _nf4_absmax(st, bs)
     if backend == 'bnb':
-        import bitsandbytes.functional  # registers the op
+        import bitsandbytes.functional  # registers the ops
+        am = _nf4_absmax(st, 'bnb')
         return torch.ops.bitsandbytes.dequantize_4bit.default(st['qdata'], am, bs, 'nf4', list(shape), dtype).view(shape)
+    am = _nf4_absmax(st)
     v = _nf4_pairs(dev).index_select(0, st['qdata'].view(-1).int()).view(torch.float32)
     v = v.view(-1, bs).mul_(am[:, None]) if v.numel() == n and n % bs == 0 else _blocks(v[:n], bs)[0] * am[:, None]
     return v.view(-1)[:n].view(shape).to(dtype)
