@@ -62,10 +62,10 @@ def rope_cos_sin(inv_freq, pos, dtype=torch.float32):
     ang = torch.cat([ang, ang], -1)
     return ang.cos().to(dtype), ang.sin().to(dtype)
 
-def _rotate(x, sign=1):
-    "`x` with its halves swapped and the new first half negated (`sign=-1`: the second), i.e. multiplied by i per frequency."
+def _rotate(x):
+    "`x` with its halves swapped and the new first half negated: each frequency's pair turned by 90 degrees."
     x1, x2 = x.chunk(2, -1)
-    return torch.cat([-x2, x1] if sign > 0 else [x2, -x1], -1)
+    return torch.cat([-x2, x1], -1)
 
 class _Rope(torch.autograd.Function):
     "`x·cos + rotate(x)·sin`, a linear map: backward needs only the tables."
@@ -76,7 +76,7 @@ class _Rope(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         cos, sin = ctx.saved_tensors
-        return _rotate(g * sin, -1).addcmul_(g, cos), None, None
+        return (g * cos).sub_(_rotate(g * sin)), None, None   # the transpose of a 90-degree turn is the turn back
 
 def apply_rope(x, cos, sin):
     "Rotate `x` (B, H, T, D) by the angles in `cos`/`sin` (B or 1, T, D)."
