@@ -10,7 +10,7 @@ VARIANTS = ['llmlite-lora', 'llmlite-dora', 'peft-lora', 'peft-dora']
 
 def base_dir(a) -> Path:
     "A Hugging Face directory of the benchmark model (SmolLM2-135M-shaped, random; or the real one), written once per run."
-    from llmlite.checkpoints import load, save_model
+    from llmlite.loading import load, save_model
     from llmlite.models import Config, Decoder
     d = Path(a.tmp)/'base'
     if (d/'config.json').exists(): return d
@@ -27,7 +27,7 @@ def step_fn(a, variant):
     d = base_dir(a)
     lib, kind = variant.split('-')
     if lib == 'llmlite':
-        from llmlite.checkpoints import load
+        from llmlite.loading import load
         from llmlite.adapters import add_adapters
         model, _ = load(d, dtype='fp32', device='cpu')
         if a.quant: from llmlite.quant import quantize; quantize(model, a.quant)

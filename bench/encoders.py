@@ -46,7 +46,7 @@ def side_fn(name, side, a):
     t5 = name == 't5-small'
     if t5: y, yvalid = batch(cfg['vocab_size'], a.bs, a.seq // 4, 1)
     if side == 'llmlite':
-        from llmlite.checkpoints import load
+        from llmlite.loading import load
         model = load(d, dtype='fp32', device='cpu')[0]
         run = (lambda: model(x, y, valid, yvalid)) if t5 else (lambda: model(x, valid))
     else:

@@ -13,7 +13,7 @@ CFG = dict(vocab_size=32000, dim=1024, n_layers=8, n_heads=16, hidden=2816, max_
 def rank_job(d, way, quant, out):
     import torch, torch.distributed as dist
     from llmlite.core import MemoryMeter, rss
-    from llmlite.checkpoints import load
+    from llmlite.loading import load
     from llmlite.quant import quantize
     from llmlite.fsdp import shard
     torch.set_num_threads(1)
@@ -32,7 +32,7 @@ def main():
     if not (d/'config.json').exists():
         import torch
         from llmlite.models import Config, Decoder
-        from llmlite.checkpoints import save_model
+        from llmlite.loading import save_model
         torch.manual_seed(0); save_model(Decoder(Config(**CFG)).to(torch.bfloat16), d)
     size = sum(f.stat().st_size for f in d.glob('*.safetensors')) / 2**20
     print(f"checkpoint: {size:.0f} MiB of bf16 safetensors; loaded to fp32 that is {2 * size:.0f} MiB dense")
@@ -40,7 +40,7 @@ def main():
     for quant in ('nf4', None):
         for way in ('whole', 'sharded'):
             out = Path(a.dir)/f"{way}_{quant}"
-            code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from fsdp_load import rank_job; from llmlite.fsdp import launch; "
+            code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from fsdp_load import rank_job; from llmlite.dist import launch; "
                     f"launch(rank_job, 2, {str(d)!r}, {way!r}, {quant!r}, {str(out)!r}, timeout=600)")
             subprocess.run([sys.executable, '-c', code], check=True, env=env)
             r = [json.loads(Path(f"{out}.{i}").read_text()) for i in range(2)]

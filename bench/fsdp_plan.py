@@ -1,4 +1,4 @@
-"""Validate `fsdp.plan` against measured per-rank memory of real 2-rank QLoRA FSDP training on CPU (gloo).
+"""Validate `plan.plan` against measured per-rank memory of real 2-rank QLoRA FSDP training on CPU (gloo).
 
 Each configuration runs in a fresh 2-process job. A rank takes its RSS after imports and a warm-up step on a tiny sharded
 model as the baseline, builds an NF4 + LoRA decoder, shards it, and runs two AdamW steps. Measured, per rank, minus the baseline:
@@ -48,13 +48,13 @@ def rank_job(cfg, job, out):
 def main():
     ap = argparse.ArgumentParser(); ap.add_argument('--quick', action='store_true'); a = ap.parse_args()
     from llmlite.models import Config
-    from llmlite.fsdp import plan
+    from llmlite.plan import plan
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536', OMP_NUM_THREADS='1')
     tmp = Path(tempfile.mkdtemp())
     print(f"{'run':<26}{'plan peak':>10}{'measured per rank':>20}{'err':>6}{'plan shards':>12}{'pre':>7}{'rest':>7}   (GiB)")
     for label, over, job in RUNS[:2] if a.quick else RUNS:
         cfg, out = {**BASE, **over}, tmp/label.replace(' ', '_').replace(',', '').replace('=', '')
-        code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from fsdp_plan import rank_job; from llmlite.fsdp import launch; "
+        code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from fsdp_plan import rank_job; from llmlite.dist import launch; "
                 f"launch(rank_job, 2, {cfg!r}, {job!r}, {str(out)!r}, timeout=900)")
         subprocess.run([sys.executable, '-c', code], check=True, env=env)
         got = [json.loads(Path(f"{out}.{i}").read_text()) for i in range(2)]

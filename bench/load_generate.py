@@ -10,7 +10,7 @@ PROMPT = [dict(role='user', content='Explain in a paragraph why the sky is blue.
 def run_llmlite(n):
     from llmlite.core import MemoryMeter
     from llmlite.cli import default_model
-    from llmlite.checkpoints import load
+    from llmlite.loading import load
     from llmlite.generate import generate_ids
     p = default_model()
     with MemoryMeter() as mem:

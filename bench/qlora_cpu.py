@@ -29,7 +29,7 @@ def train(side, hf_dir, steps, warmup, bs):
     from llmlite.data import lm_loss
     dl = loader(bs)
     if side == 'llmlite':   # the Learner's own step: scheduled AdamW, logits only where a label follows
-        from llmlite.checkpoints import load
+        from llmlite.loading import load
         from llmlite.cli import default_model
         from llmlite.adapters import add_adapters
         from llmlite.learner import Learner
@@ -89,7 +89,7 @@ if __name__ == '__main__':
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         # transformers + bitsandbytes quantize from a dense HF directory: write the GGUF's weights as one, outside the timing
-        from llmlite.checkpoints import load, save_model
+        from llmlite.loading import load, save_model
         model, tok = load(default_model())
         save_model(model, d/'hf', tok)
         del model

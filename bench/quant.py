@@ -40,7 +40,7 @@ def main(sizes, dtype=torch.float32, reps=3):
 def make_checkpoint(d:Path, name='Llama-3.2-1B'):
     "Write a random bf16 Hugging Face checkpoint of a known ~1B shape (untied, so every linear is quantized)."
     from llmlite.models import Config, Decoder
-    from llmlite.checkpoints import save_model
+    from llmlite.loading import save_model
     cfg = Config.from_name(name, tie_embeddings=False, vocab_size=32000)
     with torch.device('meta'): m = Decoder(cfg)
     m = m.to_empty(device='cpu').to(torch.bfloat16)
@@ -52,7 +52,7 @@ def _load_child(side, d):
     "Run in a subprocess: load `d` quantized to NF4 and print RSS figures as JSON."
     import warnings; warnings.filterwarnings('ignore')
     from llmlite.core import rss, MemoryMeter
-    if side == 'llmlite': from llmlite.checkpoints import load
+    if side == 'llmlite': from llmlite.loading import load
     else: import transformers
     # sampled RSS, not ru_maxrss: a child started by fork+exec inherits its parent's high-water mark
     with MemoryMeter() as mem:
@@ -80,7 +80,7 @@ def load_rss():
         print(f"peak ratio transformers/llmlite: {(t['peak'] - t['base']) / (l['peak'] - l['base']):.2f}x")
 
 def ppl():
-    from llmlite.checkpoints import load
+    from llmlite.loading import load
     from llmlite.cli import default_model
     from llmlite.eval import perplexity
     text = (Path(__file__).parent/'data'/'public_domain.txt').read_text()

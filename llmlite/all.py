@@ -9,21 +9,29 @@ __all__ = []
 
 # %% ../nbs/99_all.ipynb #8a76ae20
 from .core import *
+from .dist import *
+from .formats import *
 from .quant import *
-from .adapters import *
 from .attention import *
+from .tokenizer import *
+from .data import *
 from .models import *
+from .adapters import *
 from .encoders import *
 from .seq2seq import *
-from .tokenizer import *
-from .checkpoints import *
-from .data import *
+from .hf import *
+from .peft import *
 from .generate import *
+from .checkpoints import *
+from .plan import *
+from .fsdp import *
+from .loading import *
 from .eval import *
 from .learner import *
-from .fsdp import *
 from .cli import *
 
 # %% ../nbs/99_all.ipynb #6e76ea21
 import importlib as _il
-__all__ = [n for m in ('core', 'quant', 'adapters', 'attention', 'models', 'encoders', 'seq2seq', 'tokenizer', 'checkpoints', 'data', 'generate', 'eval', 'learner', 'fsdp', 'cli') for n in _il.import_module(f'llmlite.{m}').__all__]
+_modules = ('core', 'dist', 'formats', 'quant', 'attention', 'tokenizer', 'data', 'models', 'adapters', 'encoders', 'seq2seq', 'hf',
+            'peft', 'generate', 'checkpoints', 'plan', 'fsdp', 'loading', 'eval', 'learner', 'cli')
+__all__ = [n for m in _modules for n in _il.import_module(f'llmlite.{m}').__all__]

@@ -7,10 +7,12 @@ Docs: https://llmlite.github.io/llmlite/core.html.md"""
 # %% ../nbs/00_core.ipynb #cf80b0a5
 from __future__ import annotations
 import os, random, threading, time
+from contextlib import contextmanager
 import numpy as np, torch
 
 # %% auto #0
-__all__ = ['default_device', 'default_dtype', 'as_dtype', 'seed_everything', 'LLMLiteError', 'check', 'rss', 'MemoryMeter']
+__all__ = ['default_device', 'default_dtype', 'as_dtype', 'seed_everything', 'LLMLiteError', 'check', 'rss', 'MemoryMeter',
+           'train_mode']
 
 # %% ../nbs/00_core.ipynb #d6ca1d1b
 def default_device():
@@ -65,3 +67,11 @@ class MemoryMeter:
         self._stop.set(); self._t.join(); self.peak = max(self.peak, rss())
         if torch.cuda.is_available(): self.cuda_peak = torch.cuda.max_memory_allocated()
     def __repr__(self): return f"MemoryMeter(peak={self.peak/2**20:.0f} MiB, cuda_peak={self.cuda_peak/2**20:.0f} MiB)"
+
+# %% ../nbs/00_core.ipynb #4b2fc499
+@contextmanager
+def train_mode(model, on:bool=True):
+    "Put `model` in training mode (eval mode with `on=False`) inside the block, and back in its own mode after."
+    was = model.training; model.train(on)
+    try: yield model
+    finally: model.train(was)

@@ -355,7 +355,7 @@ def _row(self:Loader, s:int, c:int) -> int:
     return int(self._perms[s, e][j])
 
 @patch
-def plan(self:Loader, step:int) -> list[tuple[int, int]]:
+def picks(self:Loader, step:int) -> list[tuple[int, int]]:
     "(source, row) of each sample of batch `step`."
     c, out = self._counts(step).copy(), []
     for s in self._choose(step, step + 1)[0]:
@@ -375,7 +375,7 @@ def batch(self:Loader, step:int) -> dict:
     "Batch number `step` (this rank's rows of it): `input_ids`, `labels` (-100: no loss), `valid`, and per kind `doc_ids`, `pos`, `types`, `dec_ids`..."
     check(self.world >= 1 and 0 <= self.rank < self.world, f"rank={self.rank}, world={self.world}: need 0 <= rank < world")
     check(self.bs % self.world == 0, f"bs={self.bs} is the global batch and must split evenly over world={self.world} ranks")
-    b = self.make_batch(self.plan(step), step * self.bs)
+    b = self.make_batch(self.picks(step), step * self.bs)
     if self.world == 1: return b
     n = self.bs // self.world
     return {k: v[self.rank * n:(self.rank + 1) * n] for k, v in b.items()}
@@ -639,23 +639,23 @@ def seq2seq_data(src, tok, seq_len:int=128, target_len:int=64, bs:int=16,
     return Loader([ex], bs, seed=seed, shuffle=shuffle, pad_id=pad)
 
 # %% ../nbs/06_data.ipynb #84539c02
-_args = dict(valid='valid', types='types', dec_ids='y', dec_valid='y_valid', doc_ids='docs')
+_args = ('valid', 'types', 'dec_ids', 'dec_valid', 'doc_ids')   # batch keys a forward may take, under the same names
 
 def is_causal(model) -> bool:
     "Whether `model` predicts the next token (a decoder: labels are shifted) rather than `labels` in place (encoders, encoder-decoders)."
     c = getattr(model, 'causal', None)
     if c is not None: return bool(c)
     ps = inspect.signature(model.forward).parameters
-    return not ('types' in ps or 'y' in ps)
+    return not ('types' in ps or 'dec_ids' in ps)
 
 def model_args(model, b:dict, device=None) -> dict:
     "Keyword arguments for `model(b['input_ids'], ...)` from batch `b`: each batch key whose forward argument `model` takes."
     ps, causal = inspect.signature(model.forward).parameters, is_causal(model)
     res = {}
-    for k, a in _args.items():
+    for k in _args:
         v = b.get(k)
-        if v is None or a not in ps or (k == 'valid' and causal): continue
+        if v is None or k not in ps or (k == 'valid' and causal): continue
         if k == 'doc_ids' and not bool((v > 0).any()): continue       # one document per row: the plain causal mask
         if k == 'types' and not bool(v.any()): continue                # all type 0: what a model without token types expects too
-        res[a] = v.to(device) if device is not None else v
+        res[k] = v.to(device) if device is not None else v
     return res

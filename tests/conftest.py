@@ -13,7 +13,7 @@ def smol_path():
 
 @pytest.fixture(scope='session')
 def smol(smol_path):
-    from llmlite.checkpoints import load
+    from llmlite.loading import load
     return load(smol_path)
 
 @pytest.fixture(scope='session')

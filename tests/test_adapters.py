@@ -3,10 +3,13 @@ import copy, json, os, pytest, torch, torch.nn as nn, torch.nn.functional as F
 import transformers, peft
 from safetensors import safe_open
 from llmlite.core import LLMLiteError
-from llmlite.checkpoints import load
+from llmlite.loading import load
 from llmlite.quant import QLinear, quantize, quantize_linear
-from llmlite.adapters import (_leaf, AdapterConfig, AdapterLinear, add_adapters, adapter_layers, adapter_names, dense_weight, delete_adapter,
-                              disable_adapters, load_adapter, merge_adapters, save_adapter, set_adapter, trainable_params, trained_copies, unload_adapters)
+from llmlite.adapters import (AdapterConfig, AdapterLinear, add_adapters, adapter_layers, adapter_names, dense_weight, delete_adapter,
+                              disable_adapters, merge_adapters, set_adapter, trainable_params, trained_copies, unload_adapters)
+from llmlite.peft import load_adapter, save_adapter
+
+def _leaf(path): return path.rsplit('.', 1)[-1]
 
 IDS = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
 # (kind, rslora, llmlite targets, the same layers as PEFT target_modules)
@@ -87,7 +90,7 @@ def test_merge_and_disable(tiny, kind, quant):
             assert 0 < rep['mean_abs_err'] <= rep['max_abs_err'] < 1
 
 def test_merge_exports_dense_hf_dir(tiny, tmp_path):
-    from llmlite.checkpoints import save_model
+    from llmlite.loading import save_model
     model = add_adapters(quantize(our_model(tiny), 'nf4'), 'dora', r=4)
     randomize(adapter_params(model))
     with torch.no_grad(): want = model(IDS)
@@ -198,7 +201,7 @@ def test_bad_adapters(tiny, tmp_path):
 
 def test_save_model_refuses_unmerged(tmp_path):
     from llmlite.models import Config, Decoder
-    from llmlite.checkpoints import save_model
+    from llmlite.loading import save_model
     m = Decoder(Config(vocab_size=64, dim=32, n_layers=1, n_heads=4, hidden=64))
     add_adapters(m, 'lora', r=2)
     with pytest.raises(LLMLiteError, match='merge_adapters'): save_model(m, tmp_path)

@@ -1,7 +1,7 @@
 "The `llmlite` command end to end on a tiny model: finetune, generate with the adapter, eval, merge, quantize."
 import json, subprocess, sys
 import pytest, torch
-from llmlite.checkpoints import load, save_model
+from llmlite.loading import load, save_model
 from llmlite.models import Config, Decoder
 from llmlite.tokenizer import Tokenizer
 

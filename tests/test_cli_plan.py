@@ -1,6 +1,6 @@
 "`llmlite plan` as a command: the planner's terms for a config name or a Hugging Face config.json, and clear errors."
 import json, subprocess, sys
-from llmlite.fsdp import plan
+from llmlite.plan import plan
 
 def llmlite(*args, ok=True):
     r = subprocess.run([sys.executable, '-c', 'from llmlite.cli import main; main()', 'plan', *map(str, args)], capture_output=True, text=True, timeout=120)

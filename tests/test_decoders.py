@@ -1,7 +1,7 @@
 "Parity of llmlite's decoders with transformers, on tiny random checkpoints and on the real SmolLM2-135M-Instruct GGUF."
 import json, subprocess, sys
 import pytest, torch, transformers
-from llmlite.checkpoints import load, save_model
+from llmlite.loading import load, save_model
 from llmlite.generate import generate_ids, generate, stream, make_prefix, save_prefix, load_prefix
 
 tiny = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

@@ -114,7 +114,7 @@ def test_tiny_t5_learns():
 @pytest.mark.slow
 def test_qlora_minilm_classifier(minilm_dir):
     "all-MiniLM-L6-v2 in NF4 with LoRA and a fresh (trainable) classifier head learns the bundled review task: held-out accuracy from chance to > 80%."
-    from llmlite.checkpoints import load
+    from llmlite.loading import load
     from llmlite.adapters import add_adapters
     torch.set_num_threads(2)
     model, tok = load(minilm_dir, task='cls', quant='nf4')

@@ -3,7 +3,7 @@ import json, math
 import pytest, torch, transformers
 from llmlite.core import LLMLiteError
 from llmlite.attention import alibi_slopes
-from llmlite.checkpoints import load, save_model
+from llmlite.loading import load, save_model
 from llmlite.encoders import Encoder, MaskedLM, SeqClassifier, TokenClassifier, embed
 
 def _randomize(m, std=0.05):

@@ -6,9 +6,13 @@ from safetensors.torch import load_file
 from llmlite.core import LLMLiteError, MemoryMeter, rss
 from llmlite.models import Config, Decoder
 from llmlite.quant import quantize, QTensor
-from llmlite.adapters import add_adapters, save_adapter, unload_adapters
+from llmlite.adapters import add_adapters, unload_adapters
+from llmlite.peft import save_adapter
 from llmlite.learner import Learner
-from llmlite.fsdp import shard, launch, check_world_size, save_sharded, load_sharded, export_adapter, checkpoint_dirs, plan
+from llmlite.dist import launch
+from llmlite.fsdp import shard, check_world_size
+from llmlite.checkpoints import save_checkpoint, read_checkpoint, load_checkpoint, checkpoints
+from llmlite.plan import plan
 
 STEPS = 6
 
@@ -52,13 +56,13 @@ def _work(out, ck, start_from=None, steps=STEPS, save_every=0, kill_at=None, che
             if 'lora_b' in n: smaller &= p.to_local().shape[0] * ws == p.shape[0]
         res.update(bytes_equal=bool(same), sharded=bool(smaller), n_qtensors=len(ref))
     first = 0
-    if start_from: first = load_sharded(m, o, start_from)['step']
+    if start_from: first = load_checkpoint(m, o, read_checkpoint(start_from))['step']
     losses = {}
     for i in range(first, steps):
         if i == kill_at and rank == 1: os.kill(os.getpid(), signal.SIGKILL)
         losses[i] = step(m, o, i)
-        if save_every and (i + 1) % save_every == 0: save_sharded(m, o, ck, i + 1)
-    if adapter: export_adapter(m, adapter)
+        if save_every and (i + 1) % save_every == 0: save_checkpoint(ck, m, o, i + 1)
+    if adapter: save_adapter(m, adapter)
     if extra: res.update(learner=learner_losses(shard(tiny())), dora=run_steps(shard(tiny_dora())),
                          bf16=run_steps(shard(tiny(), mixed_precision='bf16', cpu_offload=True)))
     if rank == 0: open(out, 'w').write(json.dumps(dict(res, losses=losses, ws=ws)))
@@ -85,7 +89,7 @@ def test_two_ranks_match_one(ref, two):
     tmp, r = two
     assert r['ws'] == 2 and r['bytes_equal'] and r['sharded'] and r['n_qtensors'] == 14
     assert max(abs(r['losses'][i] - ref[0][i]) for i in range(STEPS)) < 1e-5, (r['losses'], ref[0])
-    assert [p.name for p in checkpoint_dirs(tmp/'ck_two')] == [f"step-{i:08d}" for i in (2, 4, 6)]
+    assert [p.name for p in checkpoints(tmp/'ck_two')] == [f"step-{i:06d}" for i in (2, 4, 6)]
 
 def test_export_adapter_peft(ref, two, tmp_path):
     tmp, _ = two
@@ -97,7 +101,7 @@ def test_export_adapter_peft(ref, two, tmp_path):
 
 def test_resume_2_to_1(ref, two):
     tmp, _ = two
-    r = run(tmp, 'two_to_one', 1, start_from=str(tmp/'ck_two'/'step-00000004'), steps=6)
+    r = run(tmp, 'two_to_one', 1, start_from=str(tmp/'ck_two'/'checkpoints'/'step-000004'), steps=6)
     assert sorted(r['losses']) == [4, 5]
     assert max(abs(r['losses'][i] - ref[0][i]) for i in (4, 5)) < 1e-5
 
@@ -113,7 +117,7 @@ def test_killed_rank_fails_fast_and_resumes(ref, tmp_path):
         run(tmp_path, 'killed', 2, save_every=2, kill_at=5)
     assert time.time() - t < 60
     ck = tmp_path/'ck_killed'
-    assert [p.name for p in checkpoint_dirs(ck)] == ['step-00000002', 'step-00000004']
+    assert [p.name for p in checkpoints(ck)] == ['step-000002', 'step-000004']
     launch(work, 2, str(tmp_path/'resumed.json'), str(ck), dict(start_from=str(ck), save_every=2), timeout=30)
     losses = {int(k): v for k, v in json.loads((tmp_path/'resumed.json').read_text())['losses'].items()}
     assert sorted(losses) == [4, 5]
@@ -125,7 +129,7 @@ def test_bad_world_size_and_wrong_checkpoint(two):
     with pytest.raises(LLMLiteError, match=r"can.t be split over 2 ranks.*splits over no number of ranks"): check_world_size(tiny(128, 256), 2)
     m = tiny(256, 1024)
     with pytest.raises(LLMLiteError, match=r"checkpoint is from another model: 'blocks.0.mlp.gate.lora_b.default' has shape \[512, 4\] there, \[1024, 4\] here"):
-        load_sharded(m, opt_for(m), tmp/'ck_two')
+        load_checkpoint(m, opt_for(m), read_checkpoint(tmp/'ck_two'))
 
 MEM = dict(vocab_size=8192, dim=1024, n_layers=4, n_heads=8, hidden=2048, max_seq_len=1024)
 def mem_work(out, bs, T):
@@ -255,7 +259,7 @@ def test_learner_sharded(lref, ltwo):
 
 def test_torchrun_finetune(smol_path, tmp_path):
     "`torchrun --nproc_per_node 2 llmlite finetune`: sharded over 2 gloo ranks, rank 0 alone prints and writes, the losses and adapter are one process's."
-    from llmlite.checkpoints import save_model
+    from llmlite.loading import save_model
     from llmlite.tokenizer import Tokenizer
     from llmlite.cli import finetune, Finetune
     torch.manual_seed(0)   # dim 256, 2 kv heads: every NF4 weight splits over 2 ranks

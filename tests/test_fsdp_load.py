@@ -1,11 +1,14 @@
 "Sharded loading under 2 gloo ranks: `load(src, shard=True)` gives each rank exactly the shards of sharding the fully loaded model (NF4 byte for byte, dense exactly), trains the same, and never reads the whole model."
 import json
 import pytest, torch, torch.nn.functional as F, torch.distributed as dist, transformers
-from llmlite.checkpoints import load, empty_qtensor, SafetensorsFile
+from llmlite.loading import load
+from llmlite.quant import empty_qtensor
+from llmlite.formats import SafetensorsFile
 from llmlite.core import LLMLiteError
 from llmlite.quant import QTensor, quantize_weight
 from llmlite.adapters import add_adapters
-from llmlite.fsdp import shard, launch
+from llmlite.fsdp import shard
+from llmlite.dist import launch
 
 def llama(d, tie=False):
     "A tiny random Llama saved by transformers; vocab 301 so the embedding splits unevenly over 2 ranks."

@@ -1,6 +1,7 @@
 "GGUF reading: a tiny Llama written with gguf.GGUFWriter in several tensor types, and damaged files."
 import gguf, numpy as np, pytest, torch, transformers
-from llmlite.checkpoints import load, KeyMap, hf_names, gguf_names
+from llmlite.loading import load
+from llmlite.hf import KeyMap, llama_names, gguf_names
 from llmlite.core import LLMLiteError
 
 def permute(w, n):
@@ -18,7 +19,7 @@ def write_tiny_gguf(path, qtype):
                  ('attention.head_count', 4), ('attention.head_count_kv', 2)]:
         getattr(w, 'add_uint32')(f'llama.{k}', v)
     w.add_float32('llama.attention.layer_norm_rms_epsilon', 1e-5); w.add_float32('llama.rope.freq_base', 10000.)
-    ours, theirs = KeyMap(hf_names), KeyMap(gguf_names)
+    ours, theirs = KeyMap(llama_names), KeyMap(gguf_names)
     for k, p in ref.state_dict().items():
         a = p.numpy()
         if a.ndim == 2:

@@ -2,7 +2,8 @@
 import math, os, random, signal, subprocess, sys, time
 from pathlib import Path
 import pytest, torch
-from llmlite.learner import Learner, checkpoints, read_checkpoint, linear, cosine
+from llmlite.learner import Learner, linear, cosine
+from llmlite.checkpoints import checkpoints, read_checkpoint
 from llmlite.data import Loader, make_rows, lm_loss
 from llmlite.models import Config, Decoder
 from llmlite.core import LLMLiteError, seed_everything
@@ -86,7 +87,7 @@ def test_interrupted_save_keeps_previous(tmp_path, monkeypatch):
     (tmp_path/'checkpoints'/'step-000010'/'optimizer.safetensors').write_bytes(b'garbage')
     ck = read_checkpoint(tmp_path)
     assert ck['dir'].name == 'step-000005' and ck['state']['step'] == 5
-    import llmlite.learner as L
+    import llmlite.checkpoints as L
     def boom(*a, **k): raise OSError('disk full')
     monkeypatch.setattr(L, 'save_file', boom)
     learn.step = 12

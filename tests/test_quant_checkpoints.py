@@ -2,7 +2,7 @@
 import json, warnings
 import pytest, torch, transformers
 from safetensors.torch import load_file, save_file
-from llmlite.checkpoints import load, save_model
+from llmlite.loading import load, save_model
 from llmlite.core import LLMLiteError
 from llmlite.quant import QLinear
 

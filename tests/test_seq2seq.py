@@ -4,8 +4,9 @@ import pytest, torch, transformers
 from transformers.models.t5.modeling_t5 import T5Attention
 from llmlite.core import LLMLiteError
 from llmlite.attention import rel_buckets
-from llmlite.checkpoints import load, save_model
-from llmlite.seq2seq import EncoderDecoder, generate_seq2seq
+from llmlite.loading import load, save_model
+from llmlite.seq2seq import EncoderDecoder
+from llmlite.generate import generate_seq2seq
 
 @pytest.mark.parametrize('bidirectional', [True, False])
 @pytest.mark.parametrize('nb,md', [(32, 128), (8, 16)])

@@ -5,7 +5,7 @@ import gguf, numpy as np, pytest
 from tokenizers import Tokenizer as TkTokenizer, decoders, models, pre_tokenizers, processors, trainers
 from llmlite.core import LLMLiteError
 from llmlite.tokenizer import Tokenizer, chatml_template, gguf_pre_splits
-from llmlite.checkpoints import GGUFFile
+from llmlite.formats import GGUFFile
 
 warnings.filterwarnings('ignore', message='.*(PyTorch|TensorFlow|Flax).*')
 transformers = pytest.importorskip('transformers')
