@@ -46,6 +46,7 @@ def dense_weight(m:nn.Module, dtype=torch.float32) -> torch.Tensor:
     w = m.weight
     return w.dequantize(dtype) if isinstance(w, QTensor) else w.detach().to(dtype)
 
+# %% ../nbs/08_adapters.ipynb #8dad13bd
 class AdapterLinear(nn.Module):
     "A linear layer (dense or 4-bit) carrying named LoRA/DoRA adapters, at most one of them active."
     def __init__(self, base:nn.Module):
@@ -68,6 +69,7 @@ def weight_norm2(self:AdapterLinear) -> torch.Tensor:
         self._w2 = (w, key, dense_weight(self.base).pow(2).sum(1))
     return self._w2[2]
 
+# %% ../nbs/08_adapters.ipynb #41b3a865
 @patch
 def add(self:AdapterLinear, name:str, cfg:AdapterConfig):
     "Add adapter `name` with settings `cfg`, initialised so the layer's output is unchanged."
@@ -90,6 +92,7 @@ def dora_norm(self:AdapterLinear, name:str, aw:torch.Tensor) -> torch.Tensor:
     n2 = self.weight_norm2() + 2 * s * (b * aw.detach().float().t()).sum(1) + s * s * ((b @ (a @ a.t())) * b).sum(1)
     return n2.clamp_min(0).sqrt()
 
+# %% ../nbs/08_adapters.ipynb #2f01a89d
 def _dense(w, dtype): return w.dequantize(dtype) if isinstance(w, QTensor) else w.to(dtype)
 
 class _Adapted(torch.autograd.Function):
@@ -126,6 +129,7 @@ class _Adapted(torch.autograd.Function):
         gw = gz.t() @ x if need[6] else None   # only for a dense base someone unfroze
         return gx, gl, ga, gb, gm, gbias, gw, None, None
 
+# %% ../nbs/08_adapters.ipynb #6e040a85
 @patch
 def forward(self:AdapterLinear, x):
     n = self.active
@@ -150,6 +154,7 @@ def trained_copies(model:nn.Module) -> dict:
     "`{path: TrainedCopy}` of `model`."
     return {n: m for n, m in model.named_modules() if isinstance(m, TrainedCopy)}
 
+# %% ../nbs/08_adapters.ipynb #69b69494
 def linear_layers(model:nn.Module) -> dict:
     "`{path: module}` for every linear layer of `model` (dense or 4-bit; an adapted layer counts once, under its own path)."
     res, inside = {}, None
@@ -164,6 +169,7 @@ def adapter_layers(model:nn.Module) -> dict:
     "`{path: AdapterLinear}` for every adapted layer of `model`."
     return {n: m for n, m in linear_layers(model).items() if isinstance(m, AdapterLinear)}
 
+# %% ../nbs/08_adapters.ipynb #08f21aef
 def _leaf(path): return path.rsplit('.', 1)[-1]
 
 def find_targets(model:nn.Module, targets='all-linear') -> list:
@@ -199,6 +205,7 @@ def set_adapter(model:nn.Module, name:str|None):
         for k, c in m.copies.items(): c.requires_grad_(k == name)
     return model
 
+# %% ../nbs/08_adapters.ipynb #fab07753
 def add_adapters(model:nn.Module, kind:str='lora', r:int=8, alpha:float=16, dropout:float=0.,
                  targets='all-linear', # 'all-linear', a list of layer names/paths, or a regex
                  rslora:bool=False, name:str='default',
@@ -218,6 +225,7 @@ def add_adapters(model:nn.Module, kind:str='lora', r:int=8, alpha:float=16, drop
         m.copies[name] = dense_copy(m.base)
     return set_adapter(model, name)
 
+# %% ../nbs/08_adapters.ipynb #146dc5f3
 def dense_copy(m:nn.Module) -> nn.Module:
     "A trainable copy of `m`: a 4-bit linear layer becomes a dense one with its dequantized weight."
     if not isinstance(m, QLinear): return copy.deepcopy(m)
@@ -256,6 +264,7 @@ def disable_adapters(model:nn.Module):
     finally:
         for m, o in zip(ms, old): m.disabled = o
 
+# %% ../nbs/08_adapters.ipynb #2060d1e9
 def delete_adapter(model:nn.Module, name:str):
     "Remove adapter `name` from `model`; layers left without adapters become their base layer again."
     check(name in adapter_names(model), f"no adapter named {name!r}; the model has {adapter_names(model)}")
@@ -286,6 +295,7 @@ def merged_weight(self:AdapterLinear, name:str) -> torch.Tensor:
     if c.kind == 'dora': w *= (self.magnitude[name].detach().float() / w.norm(dim=1))[:, None]
     return w
 
+# %% ../nbs/08_adapters.ipynb #9d2f426e
 def merge_adapters(model:nn.Module, name:str|None=None, requantize:bool=False) -> dict:
     "Fold adapter `name` (default: the active one) into the weights and remove all adapters; returns the merge report."
     name = name or next((m.active for m in adapter_layers(model).values() if m.active), None)

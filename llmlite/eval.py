@@ -53,6 +53,7 @@ def task_kind(rec:dict) -> str:
     raise LLMLiteError(f"a record with fields {', '.join(rec) or 'none'} matches no task format; "
                        + '; '.join(f"{k}: {', '.join(fs)}" for k, fs in task_kinds.items()))
 
+# %% ../nbs/18_eval.ipynb #ee4e698d
 def split_ws(ctx:str, cont:str, sep:str=' ') -> tuple[str, str]:
     "(context, continuation) with the spaces between them moved onto the continuation, `sep` added when there are none."
     c = ctx.rstrip(' ')
@@ -67,6 +68,7 @@ def _solved(o:dict, kind:str, sep:str) -> str:
     if kind == 'language_modeling': return ''.join(split_ws(o['context'], o['continuation'], ''))
     return ''.join(split_ws(o['context'], o['answer'], sep))
 
+# %% ../nbs/18_eval.ipynb #1651970d
 def _check(recs:Records, kind:str):
     need(recs, *task_kinds[kind])
     for i, o in enumerate(recs):
@@ -75,6 +77,7 @@ def _check(recs:Records, kind:str):
             check(isinstance(opts, list) and len(opts) >= 2, f"{recs.where(i)}: needs a list of at least 2 options, got {opts!r}")
             check(isinstance(o['gold'], int) and 0 <= o['gold'] < len(opts), f"{recs.where(i)}: gold = {o['gold']!r} is not an index into its {len(opts)} options")
 
+# %% ../nbs/18_eval.ipynb #9b61854c
 def prompts(recs, kind:str, n_shot:int=0, seed:int=1234, sep:str=' ', delim:str='\n\n', limit:int|None=None) -> list[dict]:
     "Per example: `pairs` of (context, continuation) texts to score, or for generation `prompt` and `answers`."
     recs = read_records(recs)
@@ -143,6 +146,7 @@ def _texts(src) -> list[str]:
     check(isinstance(src, str) and src, "perplexity: give a non-empty text, a list of texts, or a path")
     return [src]
 
+# %% ../nbs/18_eval.ipynb #a513d1a6
 def perplexity(model, tok, src, # A text, a list of texts, or a path (.txt, .jsonl with 'text', ...)
                seq_len:int|None=None, # Window length; default the model's context, at most 2048
                bs:int=8) -> float:
@@ -165,6 +169,7 @@ def _logits(model, b, dev):
     out = model(b['input_ids'].to(dev), **model_args(model, b, dev))
     return getattr(out, 'logits', out)
 
+# %% ../nbs/18_eval.ipynb #3b4e2dd1
 @torch.no_grad()
 def accuracy(model, data, # A `cls_data` (or `mlm_data`) loader, or records for `cls_data` (then give `tok`)
              tok=None, bs:int|None=None, **kw) -> dict: # `kw`: `cls_data` arguments (seq_len, text, label, pair, labels) for records
@@ -183,6 +188,7 @@ def accuracy(model, data, # A `cls_data` (or `mlm_data`) loader, or records for 
     check(tot, "accuracy: no labelled example")
     return dict(accuracy=hit / tot, loss=loss / tot, n=tot)
 
+# %% ../nbs/18_eval.ipynb #4fd1b140
 @torch.no_grad()
 def exact_match(model, data, tok, # A `seq2seq_data` loader, or records for `seq2seq_data`
                 bs:int|None=None, max_new_tokens:int|None=None, # Default: the longest target of the batch

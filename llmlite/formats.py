@@ -9,6 +9,7 @@ from __future__ import annotations
 import json, math, os, shutil, struct, tempfile
 from pathlib import Path
 import gguf, numpy as np, torch
+from fastcore.basics import patch
 from .core import LLMLiteError, check
 
 # %% auto #0
@@ -86,22 +87,25 @@ class SafetensorsFile:
             check(e - b == math.prod(v['shape']) * dt.itemsize, f"{p}: tensor {k!r} holds {e - b} bytes, its shape {v['shape']} needs {math.prod(v['shape']) * dt.itemsize}")
             check(self.start + e <= size, f"{p}: truncated: tensor {k!r} ends at byte {self.start + e}, the file has {size}")
 
-    def read(self, key:str, r0:int=0, r1:int|None=None) -> torch.Tensor:
-        "Tensor `key` (or its rows `r0:r1`), read from disk into its own memory (no memory map kept alive)."
-        v = self.tensors[key]; dt, shape = _st_dtypes[v['dtype']], v['shape']
-        if r1 is None and r0 == 0: t, off = torch.empty(shape, dtype=dt), 0
-        else:
-            check(len(shape) >= 1 and 0 <= r0 <= (r1 := shape[0] if r1 is None else r1) <= shape[0], f"{self.path}: tensor {key!r} of shape {shape} has no rows {r0}:{r1}")
-            t, off = torch.empty([r1 - r0, *shape[1:]], dtype=dt), r0 * math.prod(shape[1:]) * dt.itemsize
-        with open(self.path, 'rb') as f:
-            f.seek(self.start + v['data_offsets'][0] + off)
-            f.readinto(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
-        return t
+# %% ../nbs/02_formats.ipynb #5e96f96f
+@patch
+def read(self:SafetensorsFile, key:str, r0:int=0, r1:int|None=None) -> torch.Tensor:
+    "Tensor `key` (or its rows `r0:r1`), read from disk into its own memory (no memory map kept alive)."
+    v = self.tensors[key]; dt, shape = _st_dtypes[v['dtype']], v['shape']
+    if r1 is None and r0 == 0: t, off = torch.empty(shape, dtype=dt), 0
+    else:
+        check(len(shape) >= 1 and 0 <= r0 <= (r1 := shape[0] if r1 is None else r1) <= shape[0], f"{self.path}: tensor {key!r} of shape {shape} has no rows {r0}:{r1}")
+        t, off = torch.empty([r1 - r0, *shape[1:]], dtype=dt), r0 * math.prod(shape[1:]) * dt.itemsize
+    with open(self.path, 'rb') as f:
+        f.seek(self.start + v['data_offsets'][0] + off)
+        f.readinto(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return t
 
-    def items(self):
-        "Yield (name, tensor) in file order, one tensor in memory at a time."
-        for k in sorted(self.tensors, key=lambda k: self.tensors[k]['data_offsets'][0]): yield k, self.read(k)
-
+# %% ../nbs/02_formats.ipynb #91aae772
+@patch
+def items(self:SafetensorsFile):
+    "Yield (name, tensor) in file order, one tensor in memory at a time."
+    for k in sorted(self.tensors, key=lambda k: self.tensors[k]['data_offsets'][0]): yield k, self.read(k)
 
 # %% ../nbs/02_formats.ipynb #5def23c2
 _scalars = {0: '<B', 1: '<b', 2: '<H', 3: '<h', 4: '<I', 5: '<i', 6: '<f', 7: '<?', 10: '<Q', 11: '<q', 12: '<d'}
@@ -120,48 +124,56 @@ class GGUFFile:
             n = int(np.prod(shape)) // bs * ts
             check(off + n <= len(self.buf), f"{path}: truncated: tensor {name!r} ends at byte {off + n}, the file has {len(self.buf)}")
 
-    def _read(self, fmt):
-        v = struct.unpack_from(fmt, self.buf, self.o); self.o += struct.calcsize(fmt)
-        return v[0]
+# %% ../nbs/02_formats.ipynb #80786182
+@patch
+def _read(self:GGUFFile, fmt):
+    v = struct.unpack_from(fmt, self.buf, self.o); self.o += struct.calcsize(fmt)
+    return v[0]
 
-    def _str(self):
-        n = self._read('<Q'); s = bytes(self.buf[self.o:self.o + n]).decode('utf-8', errors='replace'); self.o += n
-        return s
+@patch
+def _str(self:GGUFFile):
+    n = self._read('<Q'); s = bytes(self.buf[self.o:self.o + n]).decode('utf-8', errors='replace'); self.o += n
+    return s
 
-    def _value(self, t):
-        if t == 8: return self._str()
-        if t != 9: return self._read(_scalars[t])
-        it, n = self._read('<I'), self._read('<Q')
-        if it in (8, 9): return [self._value(it) for _ in range(n)]
-        dt = np.dtype(_scalars[it]); a = np.frombuffer(self.buf, dt, n, self.o).copy(); self.o += n * dt.itemsize
-        return a.tolist()
+@patch
+def _value(self:GGUFFile, t):
+    if t == 8: return self._str()
+    if t != 9: return self._read(_scalars[t])
+    it, n = self._read('<I'), self._read('<Q')
+    if it in (8, 9): return [self._value(it) for _ in range(n)]
+    dt = np.dtype(_scalars[it]); a = np.frombuffer(self.buf, dt, n, self.o).copy(); self.o += n * dt.itemsize
+    return a.tolist()
 
-    def _parse(self):
-        self.o = 0
-        check(bytes(self.buf[:4]) == b'GGUF', f"{self.path}: not a GGUF file (bad magic {bytes(self.buf[:4])!r})")
-        self.o = 4
-        version, nt, nkv = self._read('<I'), self._read('<Q'), self._read('<Q')
-        check(version in (2, 3), f"{self.path}: GGUF version {version} is not supported")
-        self.meta = {}
-        for _ in range(nkv):
-            k = self._str(); self.meta[k] = self._value(self._read('<I'))
-        infos = []
-        for _ in range(nt):
-            name = self._str(); nd = self._read('<I')
-            shape = [self._read('<Q') for _ in range(nd)]
-            infos.append((name, shape, self._read('<I'), self._read('<Q')))
-        align = self.meta.get('general.alignment', 32)
-        start = -(-self.o // align) * align
-        self.tensors = {n: (tuple(reversed(s)), qt, start + off) for n, s, qt, off in infos}
+# %% ../nbs/02_formats.ipynb #522a571a
+@patch
+def _parse(self:GGUFFile):
+    self.o = 0
+    check(bytes(self.buf[:4]) == b'GGUF', f"{self.path}: not a GGUF file (bad magic {bytes(self.buf[:4])!r})")
+    self.o = 4
+    version, nt, nkv = self._read('<I'), self._read('<Q'), self._read('<Q')
+    check(version in (2, 3), f"{self.path}: GGUF version {version} is not supported")
+    self.meta = {}
+    for _ in range(nkv):
+        k = self._str(); self.meta[k] = self._value(self._read('<I'))
+    infos = []
+    for _ in range(nt):
+        name = self._str(); nd = self._read('<I')
+        shape = [self._read('<Q') for _ in range(nd)]
+        infos.append((name, shape, self._read('<I'), self._read('<Q')))
+    align = self.meta.get('general.alignment', 32)
+    start = -(-self.o // align) * align
+    self.tensors = {n: (tuple(reversed(s)), qt, start + off) for n, s, qt, off in infos}
 
-    def get(self, name) -> torch.Tensor:
-        "Tensor `name` dequantized to float32, in PyTorch's (rows, cols) order."
-        shape, qt, off = self.tensors[name]
-        q = gguf.GGMLQuantizationType(qt)
-        bs, ts = gguf.GGML_QUANT_SIZES[q]
-        n = int(np.prod(shape))
-        raw = self.buf[off:off + n // bs * ts]
-        if q == gguf.GGMLQuantizationType.F32: a = raw.view(np.float32)
-        elif q == gguf.GGMLQuantizationType.F16: a = raw.view(np.float16)
-        else: a = gguf.quants.dequantize(raw.reshape(-1, shape[-1] // bs * ts), q)
-        return torch.from_numpy(np.array(a, dtype=np.float32).reshape(shape))
+# %% ../nbs/02_formats.ipynb #5e9996ad
+@patch
+def get(self:GGUFFile, name) -> torch.Tensor:
+    "Tensor `name` dequantized to float32, in PyTorch's (rows, cols) order."
+    shape, qt, off = self.tensors[name]
+    q = gguf.GGMLQuantizationType(qt)
+    bs, ts = gguf.GGML_QUANT_SIZES[q]
+    n = int(np.prod(shape))
+    raw = self.buf[off:off + n // bs * ts]
+    if q == gguf.GGMLQuantizationType.F32: a = raw.view(np.float32)
+    elif q == gguf.GGMLQuantizationType.F16: a = raw.view(np.float16)
+    else: a = gguf.quants.dequantize(raw.reshape(-1, shape[-1] // bs * ts), q)
+    return torch.from_numpy(np.array(a, dtype=np.float32).reshape(shape))

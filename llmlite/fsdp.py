@@ -74,17 +74,20 @@ def _lazy_tensors(files, km, skip):
             check(name is not None, f"{path}: unexpected tensor {k!r}")
             yield str(path), name, tuple(v['shape']), lambda r0, r1, f=f, k=k: f.read(k, r0, r1)
 
+# %% ../nbs/16_fsdp.ipynb #4cdf4868
 def _owned(p, rank:int, ws:int):
     "The rows `r0:r1` FSDP2's dim-0 chunking gives `rank` of a sharded parameter `p`."
     n = p.shape[0]; r0 = min(rank * -(-n // ws), n)
     return r0, r0 + p.to_local().shape[0]
 
+# %% ../nbs/16_fsdp.ipynb #5ed11e03
 def _set_local(m:nn.Module, attr:str, local:torch.Tensor):
     "Replace the meta shard of parameter `attr` of `m` by `local`, keeping its global DTensor layout."
     old = m._parameters[attr]
     check(local.shape == old.to_local().shape, f"shard of {attr!r} has shape {tuple(local.shape)}, FSDP expects {tuple(old.to_local().shape)}")
     m._parameters[attr] = nn.Parameter(DTensor(local, old._spec, requires_grad=False), requires_grad=old.requires_grad)
 
+# %% ../nbs/16_fsdp.ipynb #6e9e0ca9
 def _init_adapters(model, r:int, ws:int):
     "Initialise the adapters `prepare` added, shard by shard, as `add_adapters` would have on the whole model (same random draws)."
     for name in adapter_names(model):
@@ -97,6 +100,7 @@ def _init_adapters(model, r:int, ws:int):
                 r0, r1 = _owned(d[name], r, ws) if d is m.lora_a else (0, t[name].shape[0])
                 _set_local(d, name, t[name].detach()[r0:r1].clone())
 
+# %% ../nbs/16_fsdp.ipynb #a2f8869a
 def _reset_fsdp(model):
     "Have FSDP2 take up the parameters replaced since `fully_shard` (padding uneven shards), as `Module.to_empty` makes it do."
     for m in model.modules():

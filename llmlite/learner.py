@@ -21,6 +21,7 @@ from .models import checkpoint_blocks
 from .checkpoints import save_checkpoint, checkpoints, read_checkpoint, load_checkpoint, rng_state, set_rng_state
 from .eval import evaluate
 from .generate import generate
+from .formats import atomic_write
 
 # %% auto #0
 __all__ = ['Sched', 'const', 'linear', 'cosine', 'join', 'warmup_cosine', 'as_sched', 'adamw', 'Learner', 'scalars',
@@ -33,6 +34,7 @@ class Sched:
     def __call__(self, p:float) -> float: return self.f(min(max(float(p), 0.), 1.))
     def __repr__(self): return self.desc
 
+# %% ../nbs/19_learner.ipynb #9e3b5d78
 def const(v:float) -> Sched:
     "`v` throughout."
     return Sched(lambda p: v, f"const({v!r})")
@@ -45,6 +47,7 @@ def cosine(start:float, end:float) -> Sched:
     "From `start` to `end` along half a cosine: flat at both ends."
     return Sched(lambda p: end + (start - end) * (1 + math.cos(math.pi * p)) / 2, f"cosine({start!r}, {end!r})")
 
+# %% ../nbs/19_learner.ipynb #ffc53d5f
 def join(*parts) -> Sched:
     "Schedules one after another: `(fraction, sched)` pairs, each `sched` running over its fraction of training with its own p from 0 to 1."
     fs = [float(f) for f, _ in parts]
@@ -55,6 +58,7 @@ def join(*parts) -> Sched:
         return parts[i][1](min((p - (ends[i] - fs[i])) / fs[i], 1.))
     return Sched(f, 'join(' + ', '.join(f"({f!r}, {s!r})" for f, s in parts) + ')')
 
+# %% ../nbs/19_learner.ipynb #eb8b31e4
 def warmup_cosine(peak:float, warmup:float=0.05, # fraction of training spent warming up
                   start:float=0.1, end:float=0.1): # first and last value, as fractions of `peak`
     "Linear warmup from `start*peak` to `peak`, then a cosine down to `end*peak`: the default learning rate schedule."
@@ -70,12 +74,13 @@ def as_sched(v, what:str='hyperparameter') -> Sched:
     check(isinstance(v, Real) and not isinstance(v, bool), f"{what}={v!r}: give a number or a schedule (a callable p -> value, e.g. cosine(1e-3, 1e-4))")
     return const(float(v))
 
-# %% ../nbs/19_learner.ipynb #20ce09d3
+# %% ../nbs/19_learner.ipynb #0136f72c
 def adamw(groups:list, **kw) -> torch.optim.AdamW:
     "AdamW over param `groups`, fused where every parameter is a floating-point tensor on a CPU or CUDA device."
     fused = all(p.device.type in ('cpu', 'cuda') and p.is_floating_point() for g in groups for p in g['params'])
     return torch.optim.AdamW(groups, fused=fused or None, **kw)
 
+# %% ../nbs/19_learner.ipynb #20ce09d3
 class Learner:
     "Train the trainable parameters of `model` on `data` with AdamW, all hyperparameters scheduled; stable, logged and resumable."
     def __init__(self, model:nn.Module, data, # a `Loader` (anything with `batch(step)`, `state_dict()`, `load_state_dict()`, `steps`)
@@ -134,6 +139,7 @@ def hypers(self:Learner, p:float) -> dict:
     h['lr'] *= self.lr_mult
     return h
 
+# %% ../nbs/19_learner.ipynb #eeeb5871
 @patch
 def set_hypers(self:Learner, p:float) -> dict:
     "Put the hyperparameters at progress `p` into the optimizer."
@@ -141,6 +147,7 @@ def set_hypers(self:Learner, p:float) -> dict:
     for g in self.opt.param_groups: g.update(lr=h['lr'], eps=h['eps'], betas=(h['beta1'], h['beta2']), weight_decay=h['wd'] if g['decay'] else 0.)
     return h
 
+# %% ../nbs/19_learner.ipynb #126ffc36
 @patch
 def progress(self:Learner, n:int) -> float:
     "Training progress of step `n` (1-based): 0 at the first step, 1 at the last."
@@ -160,6 +167,7 @@ def _loss(self:Learner, b:dict) -> torch.Tensor:
     out = getattr(out, 'logits', out)
     return F.cross_entropy(out.float(), y[:, 1:][kw['keep'][:, :-1]]) if sparse else self.loss_fn(out, y)
 
+# %% ../nbs/19_learner.ipynb #034fc00b
 @patch
 def _grads(self:Learner, bs:list) -> tuple[float, float, int]:
     "Accumulate the gradient of the token-weighted mean loss over micro-batches `bs`: (loss, gradient norm, tokens)."
@@ -174,6 +182,7 @@ def _grads(self:Learner, bs:list) -> tuple[float, float, int]:
     loss, ntok = all_reduce([loss, sum(int(b['valid'].sum()) + int(b['dec_valid'].sum() if 'dec_valid' in b else 0) if 'valid' in b else b['input_ids'].numel() for b in bs)])
     return loss, gn, int(ntok)
 
+# %% ../nbs/19_learner.ipynb #7069eed8
 @patch
 def one_step(self:Learner, n:int) -> dict:
     "Training step `n` (1-based): hyperparameters, gradient, then an optimizer step unless the loss or gradient is not finite."
@@ -205,6 +214,7 @@ def _restore(self:Learner, s:dict):
     self.step, self.data.step, self.lr_mult = s['step'], s['step'] * self.accum, s['lr_mult']
     self.hist.clear(); self.hist.extend(s['hist'])
 
+# %% ../nbs/19_learner.ipynb #e048fe46
 @patch
 def _is_spike(self:Learner, n:int, loss:float) -> bool:
     "Track the loss of step `n`; True when it completes a spike."
@@ -216,6 +226,7 @@ def _is_spike(self:Learner, n:int, loss:float) -> bool:
     self.high = []; self.hist.append(loss)
     return False
 
+# %% ../nbs/19_learner.ipynb #c43e983e
 @patch
 def _rollback(self:Learner, n:int):
     "Undo the spike ending at step `n`: restore a snapshot taken before it, skip its steps, lower the learning rate."
@@ -239,6 +250,7 @@ def run_config(self:Learner) -> dict:
                 hypers={k: repr(v) for k, v in self.scheds.items()}, clip=self.clip, spike=[self.spike, self.spike_steps, self.spike_lr],
                 model=dataclasses.asdict(mc) if dataclasses.is_dataclass(mc) else type(self.model).__name__, data=self.data.state_dict())
 
+# %% ../nbs/19_learner.ipynb #c011bc8f
 @patch
 def save(self:Learner) -> Path:
     "Write a checkpoint of the run after `self.step` steps (`checkpoints.save_checkpoint`) and keep the newest `keep`; every rank calls it, rank 0 writes."
@@ -248,6 +260,7 @@ def save(self:Learner) -> Path:
     self.saved = self.step
     return d
 
+# %% ../nbs/19_learner.ipynb #d124607f
 @patch
 def load(self:Learner, ck:dict):
     "Restore the run from checkpoint `ck` (from `read_checkpoint`): weights, optimizer, RNG, data position, schedule position."
@@ -257,6 +270,7 @@ def load(self:Learner, ck:dict):
     self.hist.clear(); self.hist.extend(st['hist'])
     self.saved = self.step
 
+# %% ../nbs/19_learner.ipynb #ab385332
 @patch
 def _resume(self:Learner):
     "Continue from the newest readable checkpoint of this same run under `path`, if there is one (every rank reads it)."
@@ -272,7 +286,7 @@ def _resume(self:Learner):
     if rank() == 0:
         for f in ('metrics.jsonl', 'samples.jsonl'):         # drop what was logged after the checkpoint: those steps run again
             p = self.path/f
-            if p.exists(): p.write_text(''.join(l for l in p.read_text().splitlines(True) if l.strip() and json.loads(l).get('step', 0) <= self.step))
+            if p.exists(): atomic_write(p, lambda t: Path(t).write_text(''.join(l for l in p.read_text().splitlines(True) if l.strip() and json.loads(l).get('step', 0) <= self.step)))
     self.event('resume', self.step, checkpoint=ck['dir'].name)
 
 # %% ../nbs/19_learner.ipynb #8dea2898
@@ -286,6 +300,7 @@ def scalars(row:dict, prefix:str='') -> dict:
         elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v): out[prefix + k] = float(v)
     return out
 
+# %% ../nbs/19_learner.ipynb #61a03984
 def _tensorboard(d:Path, cfg:dict):
     from torch.utils.tensorboard import SummaryWriter
     w = SummaryWriter(str(d))
@@ -305,6 +320,7 @@ def _wandb(d:Path|None, cfg:dict):
 
 _installed = lambda m: importlib.util.find_spec(m) is not None
 
+# %% ../nbs/19_learner.ipynb #57ab3e6b
 def metric_writers(log_to, path, cfg:dict) -> list:
     "Writers for `log_to` ('tensorboard', 'wandb', a list of them, 'auto' or None); each is called as w(step, scalars) and has `close()`."
     if log_to == 'auto': log_to = [k for k, ok in (('tensorboard', path is not None and _installed('tensorboard')), ('wandb', _installed('wandb') and 'WANDB_PROJECT' in os.environ)) if ok]
@@ -326,6 +342,7 @@ def _append(self:Learner, fname:str, row:dict):
     if fname == 'metrics.jsonl':
         for w in self._writers: w(row['step'], scalars(row))
 
+# %% ../nbs/19_learner.ipynb #8cf9174e
 @patch
 def event(self:Learner, kind:str, n:int, **kw):
     "Record an intervention at step `n`: in `events`, in metrics.jsonl, and on screen."
@@ -333,6 +350,7 @@ def event(self:Learner, kind:str, n:int, **kw):
     self.events.append(e); self._append('metrics.jsonl', e)
     if self._show != 0: print(f"step {n}: {kind} " + ' '.join(f"{k}={_num(v)}" for k, v in kw.items()))
 
+# %% ../nbs/19_learner.ipynb #a000c8f3
 def _hms(s): return time.strftime('%H:%M:%S', time.gmtime(max(s, 0))) if math.isfinite(s) else '?'
 
 @patch
@@ -351,6 +369,7 @@ def _record(self:Learner, r:dict):
         print(f"step {n:>{len(str(self.total))}}/{self.total}  loss {loss:.4f}  lr {r['lr']:.2e}  |g| {r['grad_norm']:.3g}  {tps:,.0f} tok/s  eta {_hms(eta)}")
         self._win, self._tw = [], now
 
+# %% ../nbs/19_learner.ipynb #3e1a7074
 @patch
 def run_eval(self:Learner, n:int|None=None) -> dict:
     "Evaluate the model now with `eval_task`: a callable(model), or a task for `evaluate`; logged as step `n`."
@@ -361,6 +380,7 @@ def run_eval(self:Learner, n:int|None=None) -> dict:
     if self._show != 0: print(f"step {row['step']}: eval " + ' '.join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()))
     return res
 
+# %% ../nbs/19_learner.ipynb #137eba10
 def _text(p): return p[-1]['content'] if isinstance(p, list) and p and isinstance(p[-1], dict) else str(p)
 
 @patch

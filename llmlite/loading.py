@@ -65,6 +65,7 @@ def _fit(name:str, have:set):
     if 'body.' + name in have: return 'body.' + name
     return name
 
+# %% ../nbs/17_loading.ipynb #c15ee51b
 def _stream_safetensors(files, km, skip=(), cfg=None, have=None):
     "Yield (file, our name, tensor) for every tensor of `files`, one tensor in memory at a time."
     for f in files:
@@ -79,6 +80,7 @@ def _stream_safetensors(files, km, skip=(), cfg=None, have=None):
                     raise LLMLiteError(f"{f.path}: unexpected tensor {k!r}")
                 yield str(f.path), n, p
 
+# %% ../nbs/17_loading.ipynb #c0268ab8
 def init_missing(model:nn.Module, dtype, device):
     "Give a freshly initialised value to the task-head parameters a checkpoint did not have (loading a base model for a new task)."
     if hasattr(model, 'tie'): model.tie()     # a tied head is not missing
@@ -88,6 +90,7 @@ def init_missing(model:nn.Module, dtype, device):
                 m.to_empty(device=device, recurse=False).to(dtype); m.reset_parameters()
     if hasattr(model, 'tie'): model.tie()
 
+# %% ../nbs/17_loading.ipynb #90c9854d
 def load_hf_dir(d, dtype=None, device=None, quant:dict|None=None, task:str|None=None):
     "Load a Hugging Face checkpoint directory into a `Decoder` or encoder (and its `Tokenizer`, or None when it has none)."
     h = open_hf_dir(d); d, cfg, km, files = h.path, h.cfg, h.km, h.files
@@ -113,6 +116,7 @@ def _gguf_items(g:GGUFFile, cfg:Config):
             w = unpermute(w, cfg.n_heads if '.wq.' in name else cfg.n_kv_heads)
         yield str(g.path), name, w
 
+# %% ../nbs/17_loading.ipynb #eaf60ecd
 def load_gguf(path, dtype=None, device=None, quant:dict|None=None):
     "Load a GGUF file into a `Decoder` and its `Tokenizer` (None when the file carries none)."
     g = GGUFFile(path)

@@ -29,6 +29,7 @@ def _fused_layers(model) -> dict:
             if p.endswith('.' + parts[0]): res[p[:-len(parts[0])] + whole] = [p[:-len(parts[0])] + q for q in parts]
     return res
 
+# %% ../nbs/12_peft.ipynb #f13ee9f6
 def _hf_paths(model):
     "Translators (ours -> Hugging Face, Hugging Face -> ours) for the module paths of `model`; a part of a fused layer maps to the fused layer."
     cfg = getattr(model, 'cfg', None)
@@ -43,6 +44,7 @@ _TASKS = {'Decoder': 'CAUSAL_LM', 'EncoderDecoder': 'SEQ_2_SEQ_LM'}  # PEFT's ta
 
 _SUFFIXES = {'lora_A.weight': 'lora_a', 'lora_B.weight': 'lora_b', 'lora_magnitude_vector': 'magnitude'}
 
+# %% ../nbs/12_peft.ipynb #9e668951
 def _fuse_adapter(ms:list, name:str, hf:str):
     "A config and tensors for fused layer `hf` computing what adapter `name` computes on its parts `ms` (a part without it: unchanged)."
     ad = [m for m in ms if isinstance(m, AdapterLinear) and name in m.cfgs]
@@ -63,6 +65,7 @@ def _fuse_adapter(ms:list, name:str, hf:str):
                                                       dense_weight(getattr(m, 'base', m)).norm(dim=1).to(b.dtype) for m in ms])
     return c, ts
 
+# %% ../nbs/12_peft.ipynb #f0b79fbd
 def _adapter_units(model, name:str) -> dict:
     "Adapter `name` of `model` as PEFT stores it: `{Hugging Face module path: (AdapterConfig, {attr: tensor})}`."
     to_hf, lin, res = _hf_paths(model)[0], linear_layers(model), {}
@@ -96,6 +99,7 @@ def _write_adapter(model:nn.Module, d:Path, name:str):
     atomic_write(d/'adapter_model.safetensors', lambda f: save_file(sd, f, metadata={'format': 'pt'}))
     write_json(d/'adapter_config.json', conf)
 
+# %% ../nbs/12_peft.ipynb #d4aa460e
 def save_adapter(model:nn.Module, d, name:str|None=None) -> Path:
     "Write adapter `name` (default: the active one) of `model` to directory `d` in PEFT's format; on a sharded model every rank calls it and rank 0 writes the whole adapter."
     name = name or next((m.active for m in adapter_layers(model).values() if m.active), None)
@@ -120,6 +124,7 @@ def _pattern(pats:dict, path:str, default):
     "The value of the first key of PEFT's `rank_pattern`/`alpha_pattern` `pats` matching module `path` (as PEFT matches), else `default`."
     return next((v for k, v in pats.items() if re.match(rf"(.*\.)?({k})$", path)), default)
 
+# %% ../nbs/12_peft.ipynb #1fa3c807
 def read_adapter_config(d, module:str|None=None) -> AdapterConfig:
     "The `AdapterConfig` of the PEFT adapter directory `d` (of its layer `module`, a Hugging Face path: with its rank and alpha pattern), refusing options we can't honour."
     f = Path(d)/'adapter_config.json'
@@ -135,6 +140,16 @@ def read_adapter_config(d, module:str|None=None) -> AdapterConfig:
     if module is not None: r, alpha = _pattern(c.get('rank_pattern') or {}, module, r), _pattern(c.get('alpha_pattern') or {}, module, alpha)
     try: return AdapterConfig('dora' if c.get('use_dora') else 'lora', r, alpha, c.get('lora_dropout') or 0., bool(c.get('use_rslora')))
     except LLMLiteError as e: raise LLMLiteError(f"{f}: {e if module is None else f'layer {module}: {e}'}") from None
+
+# %% ../nbs/12_peft.ipynb #5313fd28
+def _head_copy(model, path:str, ts:dict, where:str) -> nn.Module:
+    "A copy of module `path` of `model` (its original, if it is trained already) holding the tensors `ts`; errors name `where`."
+    try: m = model.get_submodule(path)
+    except AttributeError: raise LLMLiteError(f"{where}: this model has no module {path!r}") from None
+    m = dense_copy(m.base if isinstance(m, TrainedCopy) else m)
+    try: m.load_state_dict({k: t.to(next(m.parameters()).dtype) for k, t in ts.items()})
+    except RuntimeError as e: raise LLMLiteError(f"{where}: does not fit this model's {path!r}: {' '.join(str(e).split())}") from None
+    return m
 
 # %% ../nbs/12_peft.ipynb #a2d8bf3f
 def load_adapter(model:nn.Module, d, name:str='default'):
@@ -184,12 +199,3 @@ def load_adapter(model:nn.Module, d, name:str='default'):
         if not isinstance(m := model.get_submodule(path), TrainedCopy): model.set_submodule(path, m := TrainedCopy(m))
         m.copies[name] = c
     return set_adapter(model, name)
-
-def _head_copy(model, path:str, ts:dict, where:str) -> nn.Module:
-    "A copy of module `path` of `model` (its original, if it is trained already) holding the tensors `ts`; errors name `where`."
-    try: m = model.get_submodule(path)
-    except AttributeError: raise LLMLiteError(f"{where}: this model has no module {path!r}") from None
-    m = dense_copy(m.base if isinstance(m, TrainedCopy) else m)
-    try: m.load_state_dict({k: t.to(next(m.parameters()).dtype) for k, t in ts.items()})
-    except RuntimeError as e: raise LLMLiteError(f"{where}: does not fit this model's {path!r}: {' '.join(str(e).split())}") from None
-    return m

@@ -75,6 +75,7 @@ def _blocks(x, bs):
     x = x.reshape(-1).float()
     return (F.pad(x, (0, -x.numel() % bs)) if x.numel() % bs else x).view(-1, bs), x.numel()
 
+# %% ../nbs/03_quant.ipynb #9557dc57
 def quantize_blockwise8(x:torch.Tensor, bs:int=NESTED_BLOCK):
     "Dynamic-map 8-bit codes and per-block absmax of `x`, rounded as bitsandbytes' CPU kernel rounds."
     xb, n = _blocks(x, bs)
@@ -134,6 +135,7 @@ def _has_bnb():
     try: import bitsandbytes.functional; return True
     except Exception: return False
 
+# %% ../nbs/03_quant.ipynb #5d675559
 def nf4_dequantize(st:dict, shape, dtype=torch.float32, bs:int=64,
                    backend='auto'): # 'torch', 'bnb', or 'auto': bnb's kernel where it has a fast one
     "Dense `shape`/`dtype` tensor from the NF4 state `st`."
@@ -156,6 +158,7 @@ def _rtn(x, bits):
     s = ((hi - lo) / (2**bits - 1)).clamp(min=1e-8)
     return s, -lo / s
 
+# %% ../nbs/03_quant.ipynb #cc3df8d7
 def hqq_quantize(w:torch.Tensor, bits:int=4, group_size:int=64,
                  iters:int=20, p:float=0.7, beta:float=10., kappa:float=1.01): # solver: steps, lp norm, penalty and its growth
     "HQQ codes (packed), fp16 scale and zero per group of `w`."
@@ -178,6 +181,7 @@ def hqq_quantize(w:torch.Tensor, bits:int=4, group_size:int=64,
     q = (x / s.float() + z.float()).round_().clamp_(0, qmax)
     return dict(qdata=pack_bits(q, bits), scale=s.view(-1), zero=z.view(-1))
 
+# %% ../nbs/03_quant.ipynb #4ab93d2a
 def hqq_dequantize(st:dict, shape, dtype=torch.float32, bits:int=4, group_size:int=64):
     "Dense `shape`/`dtype` tensor from the HQQ state `st`."
     q = unpack_bits(st['qdata'], bits, math.prod(shape)).view(-1, group_size).float()
@@ -211,31 +215,7 @@ class QTensor(torch.Tensor):
         a = dict(method=self.method, bits=self.bits, group_size=self.group_size, shape=self.shape, dtype=self.dtype) | kw
         return QTensor({k: fn(v) for k, v in self.inner.items()}, **a)
 
-# %% ../nbs/03_quant.ipynb #e231a0ee
-@patch
-def dequantize(self:QTensor, dtype=None, backend='auto'):
-    "The dense weight, in `dtype` (default: the compute dtype)."
-    dtype = dtype or self.dtype
-    if self.method == 'nf4': return nf4_dequantize(self.inner, self.shape, dtype, self.group_size, backend)
-    return hqq_dequantize(self.inner, self.shape, dtype, self.bits, self.group_size)
-
-# %% ../nbs/03_quant.ipynb #fc95e2e9
-class _QLinearFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, w, b):
-        ctx.w = w
-        return F.linear(x, w.dequantize(x.dtype), None if b is None else b.to(x.dtype))
-    @staticmethod
-    def backward(ctx, g):
-        gx = g @ ctx.w.dequantize(g.dtype) if ctx.needs_input_grad[0] else None
-        gb = g.reshape(-1, g.shape[-1]).sum(0) if ctx.needs_input_grad[2] else None
-        return gx, None, gb
-
-def qlinear(x, w:QTensor, b=None):
-    "`F.linear(x, w, b)` for a quantized `w`, dequantizing on the fly in forward and backward."
-    return _QLinearFn.apply(x, w, b)
-
-# %% ../nbs/03_quant.ipynb #2c97b075
+# %% ../nbs/03_quant.ipynb #66c4a625
 _OPS = {}
 def _impl(*ops):
     def deco(f):
@@ -255,6 +235,7 @@ def __torch_dispatch__(cls:QTensor, func, types, args=(), kwargs=None):
     if func in _OPS: return _OPS[func](func, args, kwargs or {})
     raise NotImplementedError(f"QTensor does not support {func}: call `.dequantize()` first")
 
+# %% ../nbs/03_quant.ipynb #dbf5643e
 @_impl(_aten.detach.default, _aten.clone.default, _aten.alias.default)
 def _(func, args, kwargs): return args[0]._new(lambda t: func(t))
 
@@ -270,6 +251,30 @@ def _(func, args, kwargs):
           f"can only copy a matching QTensor into {dst!r}")
     for k in dst.names: getattr(dst, k).copy_(getattr(src, k))
     return dst
+
+# %% ../nbs/03_quant.ipynb #eb59e519
+@patch
+def dequantize(self:QTensor, dtype=None, backend='auto'):
+    "The dense weight, in `dtype` (default: the compute dtype)."
+    dtype = dtype or self.dtype
+    if self.method == 'nf4': return nf4_dequantize(self.inner, self.shape, dtype, self.group_size, backend)
+    return hqq_dequantize(self.inner, self.shape, dtype, self.bits, self.group_size)
+
+# %% ../nbs/03_quant.ipynb #0ea0d646
+class _QLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.w = w
+        return F.linear(x, w.dequantize(x.dtype), None if b is None else b.to(x.dtype))
+    @staticmethod
+    def backward(ctx, g):
+        gx = g @ ctx.w.dequantize(g.dtype) if ctx.needs_input_grad[0] else None
+        gb = g.reshape(-1, g.shape[-1]).sum(0) if ctx.needs_input_grad[2] else None
+        return gx, None, gb
+
+def qlinear(x, w:QTensor, b=None):
+    "`F.linear(x, w, b)` for a quantized `w`, dequantizing on the fly in forward and backward."
+    return _QLinearFn.apply(x, w, b)
 
 # %% ../nbs/03_quant.ipynb #5efcf654
 def _check_args(w, method, bits, group_size, name):
@@ -335,6 +340,7 @@ def _get(sd, k, name):
     check(k in sd, f"{name}: missing tensor {k!r} (found {sorted(sd)})")
     return sd[k]
 
+# %% ../nbs/03_quant.ipynb #6fc74819
 def qtensor_from_state(sd:dict, name:str='') -> QTensor:
     "The `QTensor` described by the plain tensors `sd` (keys relative to the linear: `weight`, `weight.absmax`, ...)."
     blobs = [k for k in sd if k.startswith(_BLOB)]
@@ -387,6 +393,7 @@ def units(self:QTensor):
     gs = self.group_size
     return dict(qdata=(2, 1), absmax=(gs, 1), nested_absmax=(gs * NESTED_BLOCK, 1))
 
+# %% ../nbs/03_quant.ipynb #31e87457
 @patch
 def rows(self:QTensor, r0:int, r1:int):
     "Rows `r0:r1` as a QTensor that shares storage with `self`, if they fall on whole blocks."
@@ -402,6 +409,7 @@ def rows(self:QTensor, r0:int, r1:int):
         out[k] = t[a // el * en:(b // el * en if b < n else None)]
     return QTensor(out, self.method, self.bits, self.group_size, torch.Size([min(r1, self.shape[0]) - r0, *self.shape[1:]]), self.dtype)
 
+# %% ../nbs/03_quant.ipynb #f2d579fd
 @_impl(_aten.split.Tensor)
 def _(func, args, kwargs):
     t, sz, dim = (list(args) + [0])[:3]
@@ -443,6 +451,7 @@ def _(func, args, kwargs):
     check(dim == 0 and step == 1, f"a QTensor of shape {tuple(t.shape)} can only be sliced along dim 0 with step 1, got dim={dim}, step={step}")
     return t.rows(start or 0, t.shape[0] if end is None else end)
 
+# %% ../nbs/03_quant.ipynb #c3dd2618
 @_impl(_aten.view.default, _aten._unsafe_view.default)
 def _(func, args, kwargs):
     t, size = args[0], list(args[1])
@@ -475,6 +484,7 @@ def is_skipped(name:str, skip) -> bool:
     pats = [skip] if isinstance(skip, str) else list(skip or ())
     return any(re.fullmatch(p, name) or re.fullmatch(p, name.rsplit('.', 1)[-1]) for p in pats)
 
+# %% ../nbs/03_quant.ipynb #b106f4fb
 def quantize(model:nn.Module, method:str='nf4', bits:int=4, group_size:int=64,
              skip=('head', 'lm_head'), # module names or regexes to leave dense
              backend='torch'):
@@ -486,6 +496,7 @@ def quantize(model:nn.Module, method:str='nf4', bits:int=4, group_size:int=64,
                 setattr(mod, cn, quantize_linear(child.weight, child.bias, method, bits, group_size, full + '.weight', backend))
     return model
 
+# %% ../nbs/03_quant.ipynb #8c08f6d7
 def dequantize(o, dtype=None):
     "Dense version of a `QTensor` (a tensor), a `QLinear` (an `nn.Linear`), or any model (its QLinears replaced, in place)."
     if isinstance(o, QTensor): return o.dequantize(dtype)

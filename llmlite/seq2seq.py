@@ -7,6 +7,7 @@ Docs: https://llmlite.github.io/llmlite/seq2seq.html.md"""
 # %% ../nbs/10_seq2seq.ipynb #cc07809e
 from __future__ import annotations
 import torch, torch.nn as nn
+from fastcore.basics import patch
 from .core import check
 from .attention import rel_buckets, attn_mask, KVCache
 from .models import Config, make_block, make_norm
@@ -33,52 +34,64 @@ class EncoderDecoder(nn.Module):
     def tie(self):
         if self.cfg.tie_embeddings: self.head.weight = self.emb.weight
 
-    def rel_bias(self, table:nn.Embedding, q_idx, k_len:int, bidirectional:bool):
-        "Bias (1, H, Tq, Tk) of query slots `q_idx` over key slots 0..k_len-1 from a bucket table."
-        rel = torch.arange(k_len, device=q_idx.device)[None] - q_idx[:, None]
-        return table(rel_buckets(rel, bidirectional, self.cfg.rel_buckets, self.cfg.rel_max_dist)).permute(2, 0, 1)[None]
+# %% ../nbs/10_seq2seq.ipynb #9d328960
+@patch
+def _check(self:EncoderDecoder, x):
+    check(x.numel() == 0 or (int(x.min()) >= 0 and int(x.max()) < self.cfg.vocab_size), f"token id {int(x.max())} out of range: the vocabulary has {self.cfg.vocab_size} tokens (config field vocab_size)")
 
-    def encode(self, x, valid=None):
-        "Encoder output (B, S, dim) of source ids `x` (B, S); `valid` marks real tokens."
-        self._check(x)
-        S = x.shape[1]
-        bias = self.rel_bias(self.enc_rel, torch.arange(S, device=x.device), S, True)
-        mask = None if valid is None else valid[:, None, None, :].bool()
-        h = self.emb(x)
-        for b in self.enc_blocks: h = b(h, mask=mask, bias=bias)
-        return self.enc_norm(h)
+# %% ../nbs/10_seq2seq.ipynb #f789e696
+@patch
+def rel_bias(self:EncoderDecoder, table:nn.Embedding, q_idx, k_len:int, bidirectional:bool):
+    "Bias (1, H, Tq, Tk) of query slots `q_idx` over key slots 0..k_len-1 from a bucket table."
+    rel = torch.arange(k_len, device=q_idx.device)[None] - q_idx[:, None]
+    return table(rel_buckets(rel, bidirectional, self.cfg.rel_buckets, self.cfg.rel_max_dist)).permute(2, 0, 1)[None]
 
-    def new_cache(self, bs:int, max_len:int, device=None, dtype=None) -> KVCache:
-        "An empty decoder KV cache for `bs` sequences of up to `max_len` target tokens."
-        p, c = self.emb.weight, self.cfg
-        cache = KVCache(c.n_dec_layers, bs, c.n_kv_heads, c.head_dim, max_len, device or p.device, dtype or p.dtype)
-        cache.cross = None
-        return cache
+# %% ../nbs/10_seq2seq.ipynb #ddc05777
+@patch
+def encode(self:EncoderDecoder, x, valid=None):
+    "Encoder output (B, S, dim) of source ids `x` (B, S); `valid` marks real tokens."
+    self._check(x)
+    S = x.shape[1]
+    bias = self.rel_bias(self.enc_rel, torch.arange(S, device=x.device), S, True)
+    mask = None if valid is None else valid[:, None, None, :].bool()
+    h = self.emb(x)
+    for b in self.enc_blocks: h = b(h, mask=mask, bias=bias)
+    return self.enc_norm(h)
 
-    def decode(self, y, enc, enc_valid=None, cache:KVCache|None=None, valid=None):
-        "Decoder logits (B, Ty, vocab) of target ids `y` over encoder output `enc`; with `cache`, `y` continues the cached tokens."
-        self._check(y)
-        B, T = y.shape
-        start = cache.pos if cache is not None else 0
-        slots = torch.arange(start, start + T, device=y.device)
-        if cache is not None:
-            cache.valid[:, start:start + T] = True if valid is None else valid
-            valid = cache.valid[:, :start + T]
-            if cache.cross is None: cache.cross = [b.cross.kv(enc) for b in self.dec_blocks]
-        bias = self.rel_bias(self.dec_rel, slots, start + T, False)
-        mask = attn_mask(slots, start + T, valid if valid is not None and not bool(valid.all()) else None)
-        xmask = None if enc_valid is None else enc_valid[:, None, None, :].bool()
-        h = self.emb(y)
-        for i, b in enumerate(self.dec_blocks):
-            ctx = cache.cross[i] if cache is not None else enc
-            h = b(h, ctx=ctx, ctx_mask=xmask, mask=mask, bias=bias, cache=cache, layer=i)
-        if cache is not None: cache.pos += T
-        h = self.dec_norm(h)
-        if self.cfg.tie_embeddings: h = h * self.cfg.dim ** -0.5
-        return self.head(h)
+# %% ../nbs/10_seq2seq.ipynb #bb2c3fe9
+@patch
+def new_cache(self:EncoderDecoder, bs:int, max_len:int, device=None, dtype=None) -> KVCache:
+    "An empty decoder KV cache for `bs` sequences of up to `max_len` target tokens."
+    p, c = self.emb.weight, self.cfg
+    cache = KVCache(c.n_dec_layers, bs, c.n_kv_heads, c.head_dim, max_len, device or p.device, dtype or p.dtype)
+    cache.cross = None
+    return cache
 
-    def forward(self, x, dec_ids, valid=None, dec_valid=None):
-        return self.decode(dec_ids, self.encode(x, valid), valid, valid=dec_valid)
+# %% ../nbs/10_seq2seq.ipynb #4ed3ede1
+@patch
+def decode(self:EncoderDecoder, y, enc, enc_valid=None, cache:KVCache|None=None, valid=None):
+    "Decoder logits (B, Ty, vocab) of target ids `y` over encoder output `enc`; with `cache`, `y` continues the cached tokens."
+    self._check(y)
+    B, T = y.shape
+    start = cache.pos if cache is not None else 0
+    slots = torch.arange(start, start + T, device=y.device)
+    if cache is not None:
+        cache.valid[:, start:start + T] = True if valid is None else valid
+        valid = cache.valid[:, :start + T]
+        if cache.cross is None: cache.cross = [b.cross.kv(enc) for b in self.dec_blocks]
+    bias = self.rel_bias(self.dec_rel, slots, start + T, False)
+    mask = attn_mask(slots, start + T, valid if valid is not None and not bool(valid.all()) else None)
+    xmask = None if enc_valid is None else enc_valid[:, None, None, :].bool()
+    h = self.emb(y)
+    for i, b in enumerate(self.dec_blocks):
+        ctx = cache.cross[i] if cache is not None else enc
+        h = b(h, ctx=ctx, ctx_mask=xmask, mask=mask, bias=bias, cache=cache, layer=i)
+    if cache is not None: cache.pos += T
+    h = self.dec_norm(h)
+    if self.cfg.tie_embeddings: h = h * self.cfg.dim ** -0.5
+    return self.head(h)
 
-    def _check(self, x):
-        check(x.numel() == 0 or (int(x.min()) >= 0 and int(x.max()) < self.cfg.vocab_size), f"token id {int(x.max())} out of range: the vocabulary has {self.cfg.vocab_size} tokens (config field vocab_size)")
+# %% ../nbs/10_seq2seq.ipynb #cd9c771e
+@patch
+def forward(self:EncoderDecoder, x, dec_ids, valid=None, dec_valid=None):
+    return self.decode(dec_ids, self.encode(x, valid), valid, valid=dec_valid)

@@ -24,9 +24,6 @@ __all__ = ['chatml_template', 'eot_tokens', 'gguf_pre_splits', 'compile_chat_tem
            'byte_alphabet', 'spm_merges']
 
 # %% ../nbs/05_tokenizer.ipynb #24023398
-chatml_template = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
-                   "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
-
 class _Generation(Extension):
     "Accept `{% generation %}...{% endgeneration %}` and render its body as is."
     tags = {'generation'}
@@ -48,6 +45,10 @@ def compile_chat_template(src:str) -> jinja2.Template:
     env.globals.update(raise_exception=_raise, strftime_now=lambda fmt: datetime.now().strftime(fmt))
     try: return env.from_string(src)
     except jinja2.TemplateSyntaxError as e: raise LLMLiteError(f"chat template, line {e.lineno}: {e.message}") from None
+
+# %% ../nbs/05_tokenizer.ipynb #ff6783e9
+chatml_template = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+                   "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
 def render_chat(template:str, # Jinja source of the chat template
                 messages:list[dict], # [{'role':..., 'content':...}, ...]
@@ -139,6 +140,7 @@ def _pick_template(t):
     named = {o.get('name'): o.get('template') for o in t}
     return named.get('default', next(iter(named.values()), None))
 
+# %% ../nbs/05_tokenizer.ipynb #17e3c04a
 @patch(cls_method=True)
 def from_dir(cls:Tokenizer, path) -> Tokenizer:
     "Load the tokenizer of the Hugging Face checkpoint directory `path`."
@@ -176,11 +178,13 @@ def byte_alphabet() -> dict[int, str]:
     extra = iter(range(256, 512))
     return {b: chr(b) if b in keep else chr(next(extra)) for b in range(256)}
 
+# %% ../nbs/05_tokenizer.ipynb #221f89b9
 _llama3_split = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 _qwen2_split = _llama3_split.replace(r'\p{N}{1,3}', r'\p{N}')
 gguf_pre_splits = {**dict.fromkeys(['llama-bpe', 'llama3', 'llama-v3', 'smaug-bpe', 'dbrx', 'falcon3'], _llama3_split),
                    **dict.fromkeys(['qwen2', 'deepseek-r1-qwen'], _qwen2_split)}
 
+# %% ../nbs/05_tokenizer.ipynb #89660fe4
 def spm_merges(vocab:dict[str, int], scores:dict[str, float]) -> list[tuple[str, str]]:
     "BPE merges implied by a SentencePiece vocabulary: each token's splits into two vocabulary pieces, highest score first."
     res = []
@@ -203,6 +207,7 @@ def _gguf_bpe(toks, merges, pre):
     tk.decoder = decoders.ByteLevel()
     return tk, lambda t: set(t) <= chars
 
+# %% ../nbs/05_tokenizer.ipynb #2a110ac1
 def _gguf_spm(toks, scores, add_prefix):
     "SentencePiece BPE with byte fallback, as transformers builds it from a `llama` GGUF vocabulary."
     vocab = {t: i for i, t in enumerate(toks)}
@@ -211,6 +216,7 @@ def _gguf_spm(toks, scores, add_prefix):
     tk.decoder = decoders.Sequence([decoders.Replace('▁', ' '), decoders.ByteFallback(), decoders.Fuse()] + [decoders.Strip(' ', 1, 0)]*add_prefix)
     return tk, lambda t: True
 
+# %% ../nbs/05_tokenizer.ipynb #fa29a90a
 @patch(cls_method=True)
 def from_gguf(cls:Tokenizer, src) -> Tokenizer:
     "Build the tokenizer a GGUF file describes from its `tokenizer.ggml.*` metadata; `src` is a path or a parsed `GGUFFile`."
