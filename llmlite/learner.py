@@ -112,7 +112,6 @@ class Learner:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         check(named, "the model has no trainable parameters: add adapters (add_adapters) or unfreeze some (requires_grad_)")
         self.names, self.params = [n for n, _ in named], [p for _, p in named]
-        self.pname = {p: n for n, p in named}
         groups = [dict(params=[p for p in self.params if p.ndim >= 2], decay=True), dict(params=[p for p in self.params if p.ndim < 2], decay=False)]
         self.opt = adamw([g for g in groups if g['params']])
         b1, b2 = (betas if isinstance(betas, (tuple, list)) else (lambda p: betas(p)[0], lambda p: betas(p)[1]))

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch, torch.nn as nn, torch.distributed as tdist
 from safetensors.torch import save_file
 from .core import LLMLiteError, check, default_device, default_dtype, as_dtype
+from .dist import world
 from .formats import atomic_write, write_json, GGUFFile
 from .quant import QLinear, quantize_linear, qtensor_from_state, is_skipped, quant_spec
 from .tokenizer import Tokenizer
@@ -66,7 +67,7 @@ def _fit(name:str, have:set):
     return name
 
 # %% ../nbs/17_loading.ipynb #c15ee51b
-def _stream_safetensors(files, km, skip=(), cfg=None, have=None):
+def _stream_safetensors(files, km, cfg, skip=(), have=None):
     "Yield (file, our name, tensor) for every tensor of `files`, one tensor in memory at a time."
     for f in files:
         for k, t in f.items():
@@ -74,7 +75,7 @@ def _stream_safetensors(files, km, skip=(), cfg=None, have=None):
             name = km.inv(k)
             if name in skip: continue
             check(name is not None, f"{f.path}: unexpected tensor {k!r}")
-            for n, p in (split_fused(cfg, name, t) if cfg else [(name, t)]):
+            for n, p in split_fused(cfg, name, t):
                 if have is not None and (n := _fit(n, have)) not in have:
                     if task_heads.match(k): continue      # a head of another task
                     raise LLMLiteError(f"{f.path}: unexpected tensor {k!r}")
@@ -97,7 +98,7 @@ def load_hf_dir(d, dtype=None, device=None, quant:dict|None=None, task:str|None=
     with torch.device('meta'): model = build_model(cfg, (h.hf.get('architectures') or [None])[0], task)
     stored = {km.inv(k.split('.weight.quant_state.')[0]) for f in files for k in f.tensors if '.weight.quant_state.' in k}
     have = {n for n, _ in model.named_parameters(remove_duplicate=False)} if cfg.arch in ('bert', 'modernbert') else None
-    items = _stream_safetensors(files, km, skip={'head.weight'} if cfg.tie_embeddings else set(), cfg=cfg, have=have)
+    items = _stream_safetensors(files, km, cfg, {'head.weight'} if cfg.tie_embeddings else set(), have)
     stream_into(model, items, dtype, device, quant, stored)
     if have is not None: init_missing(model, dtype, device)
     tok = Tokenizer.from_dir(d) if (d/'tokenizer.json').exists() else None
@@ -142,7 +143,7 @@ def load(src, dtype=None, device=None,
     kw = shard if isinstance(shard, dict) else {}
     if shard:
         check(tdist.is_available() and tdist.is_initialized(), "load(shard=...) needs a process group: start the job with `dist.launch` or torchrun")
-        if tdist.get_world_size() > 1:
+        if world() > 1:
             check(p.is_dir(), f"{p}: sharded loading reads Hugging Face safetensors directories")
             return load_into_shards(p, dtype, device, q, kw, prepare)
     model, tok = load_gguf(p, dtype, device, q) if p.is_file() or p.suffix == '.gguf' else load_hf_dir(p, dtype, device, q, task)
