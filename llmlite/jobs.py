@@ -11,7 +11,7 @@ __all__ = ['finetune', 'run_generate', 'run_eval', 'run_quantize', 'run_merge', 
 import json, time
 import torch.distributed as dist
 from pathlib import Path
-from .core import seed_everything, check
+from .core import seed_everything
 from .loading import load, save_model
 from .adapters import add_adapters, merge_adapters, trainable_params
 from .peft import load_adapter, save_adapter
