@@ -6,7 +6,7 @@ Docs: https://llmlite.github.io/llmlite/tokenizer.html.md"""
 
 # %% ../nbs/05_tokenizer.ipynb #dc70a66a
 from __future__ import annotations
-import json
+import json, time
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -50,13 +50,38 @@ def compile_chat_template(src:str) -> jinja2.Template:
 chatml_template = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
                    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
+_RENDER_STEPS, _RENDER_SECONDS, _RENDER_BYTES = 10**6, 5., 16 * 2**20   # what a chat template may spend: loop steps over range(), time, output
+
+def _budget(src:str):
+    "A `range` for a template that counts the steps of every loop over it, and the check of the time spent."
+    t0, steps = time.monotonic(), [0]
+    def spent(what):
+        if time.monotonic() - t0 > _RENDER_SECONDS: raise LLMLiteError(f"{src}: rendering took over {_RENDER_SECONDS:g} s ({what}): the template runs away")
+    def budget_range(*a):
+        for i in range(*a):
+            steps[0] += 1
+            if steps[0] > _RENDER_STEPS: raise LLMLiteError(f"{src}: its loops ran over {_RENDER_STEPS:,} steps: the template runs away")
+            if steps[0] % 1024 == 0: spent('in a loop')
+            yield i
+    return budget_range, spent
+
 def render_chat(template:str, # Jinja source of the chat template
                 messages:list[dict], # [{'role':..., 'content':...}, ...]
                 add_generation_prompt=True, # end with the header of an assistant turn
+                src:str='chat template', # where the template comes from, for errors (a tokenizer_config.json, a GGUF file)
                 **kw) -> str: # More template variables: `bos_token`, `tools`, `enable_thinking`...
-    "Render `messages` with `template`; errors the template raises become `LLMLiteError`."
-    try: return compile_chat_template(template).render(messages=messages, tools=None, documents=None, add_generation_prompt=add_generation_prompt, **kw)
-    except jinja2.TemplateError as e: raise LLMLiteError(f"chat template: {e}") from None
+    "Render `messages` with `template`, within a budget of loop steps, time and output size; errors the template raises become `LLMLiteError`."
+    rng, spent = _budget(src)
+    limit = _RENDER_BYTES + 4 * sum(len(str(m.get('content', ''))) for m in messages if isinstance(m, dict))
+    out, n = [], 0
+    try:
+        for piece in compile_chat_template(template).generate(messages=messages, tools=None, documents=None, add_generation_prompt=add_generation_prompt, range=rng, **kw):
+            out.append(piece); n += len(piece)
+            if n > limit: raise LLMLiteError(f"{src}: the rendered prompt passed {limit:,} characters: the template runs away")
+            spent('writing output')
+    except jinja2.TemplateError as e: raise LLMLiteError(f"{src}: {e}") from None
+    except RecursionError: raise LLMLiteError(f"{src}: the template recurses without end") from None
+    return ''.join(out)
 
 # %% ../nbs/05_tokenizer.ipynb #1bbc686b
 eot_tokens = ('<|im_end|>', '<|eot_id|>', '<|eom_id|>', '<|end|>', '<end_of_turn>', '<|endoftext|>', '<|end_of_text|>')
@@ -122,7 +147,8 @@ def tokens(self:Tokenizer, text:str, special=False) -> list[str]:
 def apply_chat_template(self:Tokenizer, messages:list[dict], add_generation_prompt=True, **kw) -> str:
     "`messages` rendered with this tokenizer's chat template."
     toks = dict(bos_token=self.bos_token, eos_token=self.eos_token, unk_token=self.unk_token, pad_token=self.pad_token)
-    return render_chat(self.chat_template, messages, add_generation_prompt, **{**{k: v for k, v in toks.items() if v is not None}, **kw})
+    return render_chat(self.chat_template, messages, add_generation_prompt, f"chat template of {self.name_or_path or 'the tokenizer'}",
+                       **{**{k: v for k, v in toks.items() if v is not None}, **kw})
 
 @patch
 def encode_chat(self:Tokenizer, messages:list[dict], add_generation_prompt=True, **kw) -> list[int]:
