@@ -34,8 +34,11 @@ class AdapterConfig:
 
     def __post_init__(self):
         check(self.kind in KINDS, f"unknown adapter kind {self.kind!r}; use one of {KINDS}")
-        check(isinstance(self.r, int) and self.r > 0, f"adapter rank r must be a positive int, got {self.r!r}")
-        check(0 <= self.dropout < 1, f"adapter dropout must be in [0, 1), got {self.dropout!r}")
+        num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        check(isinstance(self.r, int) and not isinstance(self.r, bool) and self.r > 0, f"adapter rank r must be a positive int, got {self.r!r}")
+        check(num(self.alpha), f"adapter alpha must be a finite number, got {self.alpha!r}")
+        check(num(self.dropout) and 0 <= self.dropout < 1, f"adapter dropout must be a number in [0, 1), got {self.dropout!r}")
+        check(isinstance(self.rslora, bool), f"adapter rslora must be true or false, got {self.rslora!r}")
 
     @property
     def scale(self) -> float: return self.alpha / (math.sqrt(self.r) if self.rslora else self.r)

@@ -147,13 +147,15 @@ def load(src, dtype=None, device=None,
     kw = shard if isinstance(shard, dict) else {}
     if shard:
         check(tdist.is_available() and tdist.is_initialized(), "load(shard=...) needs a process group: start the job with `dist.launch` or torchrun")
-        if world() > 1:
-            check(p.is_dir(), f"{p}: sharded loading reads Hugging Face safetensors directories")
-            return load_into_shards(p, dtype, device, q, kw, prepare)
-    model, tok = load_gguf(p, dtype, device, q) if p.is_file() or p.suffix == '.gguf' else load_hf_dir(p, dtype, device, q, task)
-    if shard:  # one rank: nothing to split
-        if prepare: prepare(model)
-        fsdp_shard(model, **kw)
+    if shard and world() > 1:
+        check(p.is_dir(), f"{p}: sharded loading reads Hugging Face safetensors directories")
+        model, tok = load_into_shards(p, dtype, device, q, kw, prepare)
+    else:
+        model, tok = load_gguf(p, dtype, device, q) if p.is_file() or p.suffix == '.gguf' else load_hf_dir(p, dtype, device, q, task)
+        if shard:  # one rank: nothing to split
+            if prepare: prepare(model)
+            fsdp_shard(model, **kw)
+    model.cfg.name = str(p.resolve()) if Path(src).expanduser().exists() else str(src)   # what it was loaded from (a path, or the hub id): PEFT's base_model_name_or_path
     return model, tok
 
 # %% ../nbs/17_loading.ipynb #36652e1f

@@ -6,7 +6,7 @@ Docs: https://llmlite.github.io/llmlite/quant.html.md"""
 
 # %% ../nbs/03_quant.ipynb #48eb4d0e
 from __future__ import annotations
-import functools, json, math, re
+import functools, json, logging, math, re
 import torch, torch.nn as nn, torch.nn.functional as F
 from fastcore.basics import patch
 from .core import check, as_dtype
@@ -17,6 +17,9 @@ __all__ = ['NF4', 'DYNAMIC', 'NESTED_BLOCK', 'METHODS', 'GROUP_SIZES', 'pack_bit
            'hqq_dequantize', 'QTensor', 'qlinear', 'quantize_weight', 'QLinear', 'quantize_linear', 'qtensor_state',
            'qtensor_from_state', 'empty_qtensor', 'is_skipped', 'quantize', 'dequantize', 'quant_spec', 'to_bnb_state',
            'from_bnb_state']
+
+# %% ../nbs/03_quant.ipynb #26a018be
+logging.getLogger('bitsandbytes.backends.cpu.ops').addFilter(lambda r: 'kernels-community' not in r.getMessage())
 
 # %% ../nbs/03_quant.ipynb #c2b8cfc0
 def _unit(bits):
