@@ -136,6 +136,10 @@ def load_checkpoint(model:nn.Module, opt:torch.optim.Optimizer, ck:dict) -> dict
         raise LLMLiteError(f"{d}/weights.safetensors: checkpoint is from another model: {n!r} {why} ({len(bad)} tensors differ)")
     with torch.no_grad():
         for n, p in named.items(): p.copy_(shard_like(p, w[n]))
-    load_optim_state(opt, {p: n for n, p in named.items()}, ck['optimizer'], ck['state']['optimizer'], f"{d}/optimizer.safetensors")
-    set_rng_state(ck['rng'], ck['state']['rng'])
+    for k, restore in (('optimizer', lambda: load_optim_state(opt, {p: n for n, p in named.items()}, ck['optimizer'], ck['state']['optimizer'], f"{d}/optimizer.safetensors")),
+                       ('rng', lambda: set_rng_state(ck['rng'], ck['state']['rng']))):
+        try: restore()
+        except (KeyError, TypeError, IndexError, ValueError, RuntimeError) as e:
+            if isinstance(e, LLMLiteError): raise
+            raise LLMLiteError(f"{d/'state.json'}: field {k!r} does not describe the saved {k} state ({type(e).__name__}: {e})"[:300]) from None
     return ck['state']

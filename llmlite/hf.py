@@ -271,6 +271,25 @@ families = dict(llama=_llama('llama'), mistral=_llama('mistral'), qwen2=_llama('
                 t5=Family('T5ForConditionalGeneration', _t5_from_hf, _t5_to_hf, lambda c: t5_names(c.gated)))
 
 # %% ../nbs/11_hf.ipynb #ff8fec6c
+_INT = ('vocab_size', 'hidden_size', 'intermediate_size', 'num_hidden_layers', 'num_attention_heads', 'num_key_value_heads', 'head_dim', 'max_position_embeddings',
+        'd_model', 'd_ff', 'd_kv', 'num_layers', 'num_decoder_layers', 'num_heads', 'type_vocab_size', 'num_labels', 'n_positions', 'max_seq_len', 'sliding_window',
+        'max_window_layers', 'global_attn_every_n_layers', 'local_attention', 'relative_attention_num_buckets', 'relative_attention_max_distance', 'pad_token_id', 'expansion_ratio')
+_NUM = ('rms_norm_eps', 'layer_norm_eps', 'layer_norm_epsilon', 'norm_eps', 'rope_theta', 'global_rope_theta', 'local_rope_theta')
+_BOOL = ('tie_word_embeddings', 'attention_bias', 'use_sliding_window', 'mlp_bias', 'no_bias', 'norm_bias', 'decoder_bias', 'classifier_bias')
+_STR = ('hidden_act', 'hidden_activation', 'feed_forward_proj', 'position_embedding_type', 'classifier_activation', 'classifier_pooling')
+_DICT = ('rope_scaling', 'rope_parameters', 'attn_config')
+
+def _check_types(d:dict, src:str):
+    "Refuse a config.json field of the wrong JSON type (null is a missing value); sizes must be integers, epsilons and rotary bases positive numbers."
+    for k, v in d.items():
+        if v is None: continue
+        t = 'an integer' if k in _INT else 'a positive number' if k in _NUM else 'true or false' if k in _BOOL else 'a string' if k in _STR else 'an object' if k in _DICT else None
+        ok = (type(v) is int if k in _INT else type(v) in (int, float) and v > 0 if k in _NUM else type(v) is bool if k in _BOOL else
+              isinstance(v, str) if k in _STR else isinstance(v, dict) if k in _DICT else True)
+        check(ok, f"{src}: field {k!r} must be {t}, got {v!r}"[:300])
+    a = d.get('architectures')
+    check(a is None or isinstance(a, list) and all(isinstance(x, str) for x in a), f"{src}: field 'architectures' must be a list of class names, got {a!r}"[:300])
+
 def _named(src:str, make):
     "`make()`, with any error it raises about a field (a wrong type, a bad value) turned into an `LLMLiteError` naming file `src`."
     try: return make()
@@ -284,7 +303,9 @@ def family(arch:str, src:str='') -> Family:
 
 def config_from_hf(d:dict, src:str='config.json') -> Config:
     "A `Config` from the dict of a Hugging Face config.json (`src` names the file in errors)."
-    check(d.get('model_type') in families, f"{src}: model_type {d.get('model_type')!r} (architectures {d.get('architectures')}) is not supported; supported: {', '.join(families)}")
+    _check_types(d, src)
+    d = {k: v for k, v in d.items() if v is not None}          # null: not given (the default applies)
+    check(isinstance(d.get('model_type'), str) and d['model_type'] in families, f"{src}: model_type {d.get('model_type')!r} (architectures {d.get('architectures')}) is not supported; supported: {', '.join(families)}")
     return _named(src, lambda: families[d['model_type']].from_hf(d, src))
 
 def config_to_hf(c:Config, dtype=torch.float32) -> dict:

@@ -28,8 +28,8 @@ __all__ = ['place', 'stream_into', 'init_missing', 'load_hf_dir', 'load_gguf', '
 def place(model:nn.Module, name:str, t:torch.Tensor, src:str=''):
     "Put tensor `t` as parameter `name` of `model` (replacing a meta or existing tensor), checking its shape."
     mod, _, attr = name.rpartition('.')
-    m = model.get_submodule(mod)
-    old = getattr(m, attr)
+    try: m = model.get_submodule(mod); old = getattr(m, attr)
+    except AttributeError: raise LLMLiteError(f"{src}: unexpected tensor {name!r}: the model has no such parameter") from None
     check(old.shape == t.shape, f"{src}: tensor {name!r} has shape {tuple(t.shape)}, the model expects {tuple(old.shape)}")
     if isinstance(old, nn.Parameter): m._parameters[attr] = nn.Parameter(t, requires_grad=old.requires_grad)
     else: setattr(m, attr, t)

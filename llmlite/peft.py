@@ -136,6 +136,7 @@ def read_adapter_config(d, module:str|None=None) -> AdapterConfig:
     for k in ('r', 'lora_alpha'): check(k in c, f"{f}: required field {k!r} is missing")
     for k in _PEFT_OFF: check(not c.get(k), f"{f}: field {k!r} = {c.get(k)!r} is not supported (llmlite loads only its default)")
     check(c.get('bias', 'none') == 'none', f"{f}: field 'bias' = {c.get('bias')!r} is not supported (only 'none')")
+    for k in ('use_dora', 'use_rslora', 'inference_mode'): check(c.get(k) is None or type(c[k]) is bool, f"{f}: field {k!r} must be true or false, got {c.get(k)!r}")
     r, alpha = c['r'], c['lora_alpha']
     if module is not None: r, alpha = _pattern(c.get('rank_pattern') or {}, module, r), _pattern(c.get('alpha_pattern') or {}, module, alpha)
     try: return AdapterConfig('dora' if c.get('use_dora') else 'lora', r, alpha, c.get('lora_dropout') or 0., bool(c.get('use_rslora')))

@@ -156,13 +156,17 @@ def encode_chat(self:Tokenizer, messages:list[dict], add_generation_prompt=True,
     return self.encode(self.apply_chat_template(messages, add_generation_prompt, **kw), special=False)
 
 # %% ../nbs/05_tokenizer.ipynb #4109ed00
-def _token_str(o):
-    "A special token's text, whether the config stores it as a string or as a serialized `AddedToken`."
-    return o.get('content') if isinstance(o, dict) else o
+def _token_str(o, where:str):
+    "A special token's text, whether the config stores it as a string or as a serialized `AddedToken`; `where` names the file and field in errors."
+    t = o.get('content') if isinstance(o, dict) else o
+    check(t is None or isinstance(t, str), f"{where} must be a token string or an AddedToken object, got {o!r}"[:200])
+    return t
 
-def _pick_template(t):
+def _pick_template(t, where:str='chat_template'):
     "A config's chat template: a string, or a list of named templates of which we take 'default'."
+    check(t is None or isinstance(t, (str, list)), f"{where} must be a string or a list of named templates, got {type(t).__name__}")
     if not isinstance(t, list): return t
+    check(all(isinstance(o, dict) and isinstance(o.get('template'), str) for o in t), f"{where}: each named template must be an object with a 'template' string")
     named = {o.get('name'): o.get('template') for o in t}
     return named.get('default', next(iter(named.values()), None))
 
@@ -176,13 +180,18 @@ def from_dir(cls:Tokenizer, path) -> Tokenizer:
     try: tk = TkTokenizer.from_file(str(f))
     except Exception as e: raise LLMLiteError(f"{f}: not a tokenizers file ({e})") from None
     tk.no_padding(); tk.no_truncation()   # a saved file may carry a fixed padding/length (all-MiniLM: 128); like transformers, apply none
-    cfg = {**read_json(path/'special_tokens_map.json', {}), **read_json(path/'tokenizer_config.json', {})}
-    tmpl = read_json(path/'chat_template.json', {}).get('chat_template', cfg.get('chat_template'))
+    def obj(name):
+        d = read_json(path/name, {}); check(isinstance(d, dict), f"{path/name}: expected a JSON object, got {type(d).__name__}")
+        return d
+    cfg, tc = {**obj('special_tokens_map.json'), **obj('tokenizer_config.json')}, path/'tokenizer_config.json'
+    tmpl = obj('chat_template.json').get('chat_template', cfg.get('chat_template'))
     if (path/'chat_template.jinja').is_file(): tmpl = (path/'chat_template.jinja').read_text()
-    eos = read_json(path/'generation_config.json', {}).get('eos_token_id') or []
-    special = {k: _token_str(cfg.pop(k, None)) for k in ('bos_token', 'eos_token', 'unk_token', 'pad_token')}
+    eos = obj('generation_config.json').get('eos_token_id') or []
+    eos = eos if isinstance(eos, list) else [eos]
+    check(all(type(i) is int and i >= 0 for i in eos), f"{path/'generation_config.json'}: field 'eos_token_id' must be a token id or a list of them, got {eos!r}"[:200])
+    special = {k: _token_str(cfg.pop(k, None), f"{tc}: field {k!r}") for k in ('bos_token', 'eos_token', 'unk_token', 'pad_token')}
     for k in ('chat_template', 'added_tokens_decoder', 'additional_special_tokens', 'add_bos_token', 'add_eos_token'): cfg.pop(k, None)
-    return cls(tk, **special, chat_template=_pick_template(tmpl), eos_ids=eos if isinstance(eos, list) else [eos], config=cfg, name_or_path=path)
+    return cls(tk, **special, chat_template=_pick_template(tmpl, f"{tc}: field 'chat_template'"), eos_ids=eos, config=cfg, name_or_path=path)
 
 # %% ../nbs/05_tokenizer.ipynb #e2cb6b3a
 @patch

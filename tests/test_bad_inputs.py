@@ -1,0 +1,162 @@
+"""Damaged and hostile inputs, seeded: several hundred mutations of every file kind llmlite reads, each run through the public loader.
+
+Each case must end in one of three ways: an `LLMLiteError` whose message names the damaged file, a load that
+gives the same result as the undamaged file (a mutation the format does not care about), or, for a removed
+optional field, a load with that field's default. A raw exception from a
+dependency, a hang (over `LIMIT` seconds) or a load with a different result is a failure. Mutations of tensor
+*data* are not made: safetensors and GGUF carry no checksums, so flipped weight bytes cannot be told from weights.
+"""
+import json, os, pickle, random, shutil, signal, struct
+from collections import Counter
+from pathlib import Path
+import gguf, pytest, torch
+from llmlite.errors import LLMLiteError
+from llmlite.loading import load, save_model
+from llmlite.models import Config, Decoder
+from llmlite.tokenizer import Tokenizer
+from llmlite.adapters import add_adapters
+from llmlite.peft import save_adapter, read_adapter_config
+from llmlite.checkpoints import save_checkpoint, read_checkpoint, load_checkpoint
+from llmlite.cli import read_config, Finetune
+from test_gguf import write_tiny_gguf
+
+LIMIT = 20          # seconds: past this a case counts as a hang
+WRONG = ['abc', None, [], {}, True, -1, 0, 10**12, 1.5, [1, 2], {'a': 1}, '']
+
+class Hang(Exception): pass
+
+def _alarm(*_): raise Hang()
+
+def outcome(run, ref, names) -> str:
+    "Run one case: 'refused' (LLMLiteError naming the file), 'same' (loaded, same result), else the failure's kind."
+    signal.signal(signal.SIGALRM, _alarm); signal.setitimer(signal.ITIMER_REAL, LIMIT)
+    try: got = run()
+    except LLMLiteError as e: return 'refused' if any(n in str(e) for n in names) else f'unnamed: {str(e)[:160]}'
+    except Hang: return 'hang'
+    except Exception as e: return f'raw {type(e).__name__}: {str(e)[:160]}'
+    finally: signal.setitimer(signal.ITIMER_REAL, 0)
+    try: same = got == ref if not isinstance(ref, torch.Tensor) else torch.equal(got, ref)
+    except Exception: same = False
+    return 'same' if same else 'loaded different'
+
+def byte_mutations(raw:bytes, head:int, rng, n:int):
+    "`n` damaged copies of file bytes `raw` whose first `head` bytes are header: cuts, flipped header bytes, huge numbers, empty, pickle."
+    out = [b'', pickle.dumps({'weights': [1, 2, 3]}), raw[:4], raw[:head // 2]]
+    while len(out) < n:
+        k, b = rng.randrange(4), bytearray(raw)
+        if k == 0: b = b[:rng.randrange(1, len(raw))]
+        elif k == 1:
+            for _ in range(rng.randint(1, 4)): b[rng.randrange(head)] = rng.randrange(256)
+        elif k == 2:
+            i = rng.randrange(max(1, head - 8)); b[i:i + 8] = struct.pack('<Q', rng.choice([2**63 - 1, 2**40, 10**12, 0, 3]))
+        else: b = b + bytes(rng.randrange(1, 64))      # trailing bytes
+        out.append(bytes(b))
+    return out
+
+def json_mutations(d:dict, rng, n:int):
+    "`n` damaged versions (bytes, and whether loading may differ) of JSON object `d`: a key removed (its default may apply), a value of another type, cut text, non-UTF-8, not an object."
+    text = json.dumps(d).encode()
+    out = [(b, False) for b in (b'', b'[1, 2]', b'"x"', text[:len(text) // 2], b'\xff\xfe' + text, b'{"a": 1, "a": 2}')]
+    keys = [k for k in d if not k.startswith('_')]
+    kind = lambda v: 'num' if type(v) in (int, float) else type(v).__name__
+    while len(out) < n:
+        e = dict(d); k = rng.choice(keys)
+        if rng.random() < 0.25: del e[k]; out.append((json.dumps(e).encode(), True))
+        elif kind(v := rng.choice(WRONG)) != kind(d[k]): e[k] = v; out.append((json.dumps(e).encode(), v is None))   # null: not given
+    return out
+
+def special_files(p:Path):
+    "A directory and a named pipe in place of file `p`."
+    for make in (lambda: p.mkdir(), lambda: os.mkfifo(p)):
+        if p.is_dir(): shutil.rmtree(p)
+        elif p.exists() or p.is_fifo(): p.unlink()
+        make(); yield
+    if p.is_dir(): shutil.rmtree(p)
+    elif p.exists() or p.is_fifo(): p.unlink()
+
+def _diff(a:bytes, b:bytes) -> str:
+    "What a JSON mutation changed (its keys whose values differ), or the length of a byte mutation."
+    try: x, y = json.loads(a), json.loads(b)
+    except Exception: return f"{len(b)} of {len(a)} bytes"
+    if not (isinstance(x, dict) and isinstance(y, dict)): return repr(b[:60])
+    return repr({k: y.get(k, '<deleted>') for k in set(x) | set(y) if x.get(k, '<deleted>') != y.get(k, '<deleted>')})[:160]
+
+def cases(path:Path, variants, run, ref, names, counts, fails, kind):
+    "Write each variant to `path` (restoring the original after), and record the outcome of `run`."
+    orig = path.read_bytes()
+    for v in variants:
+        v, may_differ = v if isinstance(v, tuple) else (v, False)
+        path.write_bytes(v)
+        o = outcome(run, ref, names)
+        if o == 'loaded different' and may_differ: o = 'default'      # a removed optional field: its default applies
+        counts[kind][o.split(':')[0]] += 1
+        if o not in ('refused', 'same', 'default'): fails.append(f"{kind}: {o} <- {_diff(orig, v)}")
+    for _ in special_files(path):
+        o = outcome(run, ref, names); counts[kind][o.split(':')[0]] += 1
+        if o not in ('refused', 'same'): fails.append(f"{kind} (not a regular file): {o}")
+    path.write_bytes(orig)
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    from tokenizers import Tokenizer as Tk, models as tkm, pre_tokenizers
+    tk = Tk(tkm.WordLevel({f'w{i}': i for i in range(64)}, unk_token='w0')); tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    torch.manual_seed(0)
+    m = Decoder(Config(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden=64, max_seq_len=32))
+    return save_model(m, tmp_path_factory.mktemp('bad')/'tiny', Tokenizer(tk, unk_token='w0', pad_token='w0', eos_token='w63'))
+
+X = torch.arange(8)[None]
+def logits(src):
+    with torch.no_grad(): return load(src, dtype=torch.float32, device='cpu')[0](X)
+
+def test_bad_inputs(tiny, tmp_path):
+    rng, counts, fails = random.Random(0), {}, []
+    from collections import defaultdict
+    counts = defaultdict(Counter)
+    st, ref = tiny/'model.safetensors', logits(tiny)
+    raw = st.read_bytes(); head = 8 + struct.unpack('<Q', raw[:8])[0]
+    cases(st, byte_mutations(raw, head, rng, 90), lambda: logits(tiny), ref, ['model.safetensors', str(tiny)], counts, fails, 'safetensors')
+    cases(tiny/'config.json', json_mutations(json.loads((tiny/'config.json').read_text()), rng, 70), lambda: logits(tiny), ref, ['config.json', str(tiny)], counts, fails, 'config.json')
+    tok_ref = Tokenizer.from_dir(tiny).encode('w1 w2 w3')
+    tok = lambda: Tokenizer.from_dir(tiny).encode('w1 w2 w3')
+    cases(tiny/'tokenizer_config.json', json_mutations(json.loads((tiny/'tokenizer_config.json').read_text()), rng, 40), tok, tok_ref, ['tokenizer_config.json'], counts, fails, 'tokenizer_config.json')
+    cases(tiny/'tokenizer.json', byte_mutations((tiny/'tokenizer.json').read_bytes(), 200, rng, 25) + json_mutations(json.loads((tiny/'tokenizer.json').read_text()), rng, 15),
+          tok, tok_ref, ['tokenizer.json'], counts, fails, 'tokenizer.json')
+    g = tmp_path/'tiny.gguf'; write_tiny_gguf(g, gguf.GGMLQuantizationType.F32)
+    graw, gref = g.read_bytes(), logits(g)
+    cases(g, byte_mutations(graw, 1200, rng, 90), lambda: logits(g), gref, ['tiny.gguf'], counts, fails, 'gguf')
+    m, _ = load(tiny, dtype=torch.float32, device='cpu'); add_adapters(m, 'lora', r=4); ad = save_adapter(m, tmp_path/'ad')
+    aref = read_adapter_config(ad)
+    cases(ad/'adapter_config.json', json_mutations(json.loads((ad/'adapter_config.json').read_text()), rng, 40), lambda: read_adapter_config(ad), aref,
+          ['adapter_config.json'], counts, fails, 'adapter_config.json')
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad])
+    ck = save_checkpoint(tmp_path/'run', m, opt, 3)
+    def resume():    # what a resume restores: the optimizer's state and the random generators' next draws
+        load_checkpoint(m, opt, read_checkpoint(ck))
+        return [(k, v if not isinstance(v, torch.Tensor) else v.tolist()) for s in opt.state_dict()['state'].values() for k, v in sorted(s.items()) if k == 'step'], torch.rand(3).tolist()
+    cref = resume()
+    cases(ck/'state.json', json_mutations(json.loads((ck/'state.json').read_text()), rng, 30), resume, cref, ['state.json'], counts, fails, 'state.json')
+    toml = tmp_path/'ft.toml'; toml.write_text('steps = 4\nlr = 0.001\nformat = "chat"\nquant = "nf4"\n')
+    tref = read_config(toml, Finetune)
+    tvars = [b'steps = \n', b'\xff\xfe', b'steps = "abc"\n', b'steps = 0\n', b'steps = -3\n', b'format = "xml"\n', b'stpes = 4\n', b'lr = "high"\n',
+             b'quant = 4\n', b'bs = 1.5\n', b'[table]\nx = 1\n', b'steps = true\n', b'show = -1\n', b'eval_n = 0\n']
+    cases(toml, tvars, lambda: read_config(toml, Finetune), tref, ['ft.toml'], counts, fails, 'cli config')
+    total = Counter()
+    for k, c in counts.items(): total.update(c); print(f"{k:22} {dict(c)}")
+    print(f"{'all':22} {dict(total)} ({sum(total.values())} cases)")
+    assert sum(total.values()) >= 400
+    assert not fails, f"{len(fails)} of {sum(total.values())} cases failed:\n" + '\n'.join(fails[:40])
+
+def test_no_loader_unpickles(tiny, tmp_path, monkeypatch):
+    "Every reader of a user or checkpoint file, with pickle (and torch.load) made to raise: none of them calls it."
+    from llmlite.peft import load_adapter
+    from llmlite.generate import make_prefix, save_prefix, load_prefix
+    m, tok = load(tiny, dtype=torch.float32, device='cpu'); add_adapters(m, 'lora', r=4); ad = save_adapter(m, tmp_path/'ad')
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad]); ck = save_checkpoint(tmp_path/'run', m, opt, 1)
+    g = tmp_path/'tiny.gguf'; write_tiny_gguf(g, gguf.GGMLQuantizationType.F32)
+    base, _ = load(tiny, dtype=torch.float32, device='cpu'); pf = save_prefix(make_prefix(base, tok, 'w1 w2 w3'), tmp_path/'p.safetensors', base)
+    def no(*a, **k): raise AssertionError('a loader unpickled')
+    for mod, name in ((pickle, 'load'), (pickle, 'loads'), (pickle, 'Unpickler'), (torch, 'load')): monkeypatch.setattr(mod, name, no)
+    load(tiny); load(g); Tokenizer.from_dir(tiny)
+    m2, _ = load(tiny); load_adapter(m2, ad)
+    load_checkpoint(m, opt, read_checkpoint(tmp_path/'run'))
+    load_prefix(pf, base)
