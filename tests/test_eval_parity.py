@@ -97,7 +97,7 @@ def test_lm_eval_loglikelihoods(name, k, toks, tiny_hf):
     model, lm = tiny_hf
     (t,) = check_task(dict(label=name, dataset_uri=f'{name}.jsonl', num_fewshot=[k], **TASKS[name]), DATA)
     kind, o = t.pop('kind'), {f: v for f, v in t.items() if f not in ('label', 'task', 'n_shot')}
-    ps = icl_prompts(t['task'], kind, k, prefix_space=True, limit=40, **o)
+    ps = icl_prompts(t['task'], kind, k, prefix_space=True, limit=24, **o)
     enc = [[encode_pair(tok, p['pre'], c, x) for c, x in p['pairs']] for p in ps]
     ours = score(model, enc)
     reqs = [((p['pre'] + c, x), ids[:-n], ids[-n:]) for p, e in zip(ps, enc) for (c, x), (ids, n) in zip(p['pairs'], e)]
