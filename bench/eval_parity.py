@@ -25,6 +25,12 @@ TASKS = {'arc_easy': dict(icl_task_type='multiple_choice', continuation_delimite
          'piqa': dict(icl_task_type='multiple_choice', continuation_delimiter='\nAnswer: '),
          'winogrande': dict(icl_task_type='schema'), 'lambada_openai': dict(icl_task_type='language_modeling')}
 
+def shared(e):
+    "Tokens the pairs of one example share at the start (not beyond any pair's context)."
+    seqs = [ids for ids, _ in e]
+    n = next((t for t in range(min(map(len, seqs))) if any(s[t] != seqs[0][t] for s in seqs)), min(map(len, seqs)))
+    return min([n] + [len(ids) - m for ids, m in e])
+
 def load_avg(): return '/'.join(f'{x:.1f}' for x in os.getloadavg())
 
 def main():
@@ -73,7 +79,9 @@ def main():
                     hit = float(int(np.argmax(v)) == p['gold'])
                     agree.setdefault(key, []).append(m[key] == hit); theirs_hits.setdefault(key, []).append(hit)
             ours_m = lm_metrics(res['llmlite']) if kind == 'language_modeling' else choice_metrics(ps, res['llmlite'])
-            r = dict(task=f'{name}/{k}-shot', n=len(ps), pairs=len(reqs), max_ll_diff=diff, agreement={key: float(np.mean(v)) for key, v in agree.items()},
+            toks = dict(llmlite=sum(p + sum(len(ids) - p for ids, _ in e) if p else sum(len(ids) for ids, _ in e) for p, e in ((shared(e), e) for e in enc)),
+                        lm_eval=sum(len(ids) - 1 for e in enc for ids, _ in e))   # tokens each side runs through the model
+            r = dict(task=f'{name}/{k}-shot', n=len(ps), pairs=len(reqs), tokens=toks, max_ll_diff=diff, agreement={key: float(np.mean(v)) for key, v in agree.items()},
                      llmlite={key: ours_m[key] for key in agree}, lm_eval={key: float(np.mean(v)) for key, v in theirs_hits.items()},
                      secs=secs, speedup=secs['lm-eval'] / secs['llmlite'], load=la)
             rows.append(r)
