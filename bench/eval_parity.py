@@ -1,0 +1,96 @@
+"""llmlite's in-context-learning scoring against lm-evaluation-harness on identical prompts, and its speed.
+
+Foundry's own task files (the first 210 examples of arc_easy, piqa, winogrande, lambada_openai from LLM Foundry's
+scripts/eval/local_data, in bench/data/icl) with Foundry's task settings, 0- and 5-shot, on SmolLM2-135M-Instruct.
+llmlite builds each example's prompt by Foundry's rules and tokenizes it (tests/test_eval_parity.py checks those
+prompts against Foundry's construction); both sides then score the very same token ids: llmlite with `score` (the
+shared context run once, its KV cache reused by every choice), lm-eval with HFLM's `_loglikelihood_tokens` on the
+transformers model of the same GGUF file. Printed per task: per-example agreement of the chosen answer under each
+normalisation (sum, per character, per token; greedy match for LAMBADA), the largest log-likelihood difference,
+accuracies, and the time of each side, run alternately (which side goes first alternates), with the load average.
+
+    nice python bench/eval_parity.py --n 200 --n5 200       # the full run
+    nice python bench/eval_parity.py --n 40 --n5 20 --tasks piqa,lambada_openai
+"""
+import argparse, json, os, resource, time
+from pathlib import Path
+import numpy as np, torch, transformers
+from lm_eval.models.huggingface import HFLM
+from llmlite.cli import default_model
+from llmlite.eval import check_task, icl_prompts, encode_pair, needs_prefix_space, score, choice_metrics, lm_metrics
+from llmlite.loading import load
+
+DATA = Path(__file__).parent/'data'/'icl'
+TASKS = {'arc_easy': dict(icl_task_type='multiple_choice', continuation_delimiter='\nAnswer: '),    # Foundry's tasks_v0.3.yaml
+         'piqa': dict(icl_task_type='multiple_choice', continuation_delimiter='\nAnswer: '),
+         'winogrande': dict(icl_task_type='schema'), 'lambada_openai': dict(icl_task_type='language_modeling')}
+
+def shared(e):
+    "Tokens the pairs of one example share at the start (not beyond any pair's context)."
+    seqs = [ids for ids, _ in e]
+    n = next((t for t in range(min(map(len, seqs))) if any(s[t] != seqs[0][t] for s in seqs)), min(map(len, seqs)))
+    return min([n] + [len(ids) - m for ids, m in e])
+
+def load_avg(): return '/'.join(f'{x:.1f}' for x in os.getloadavg())
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--n', type=int, default=200, help='examples per task, 0-shot')
+    ap.add_argument('--n5', type=int, default=200, help='examples per task, 5-shot')
+    ap.add_argument('--tasks', default=','.join(TASKS))
+    ap.add_argument('--bs', type=int, default=16, help="lm-eval's batch size (requests) and llmlite's (examples)")
+    ap.add_argument('--threads', type=int, default=0)
+    a = ap.parse_args()
+    if a.threads: torch.set_num_threads(a.threads)
+    gguf = default_model()
+    model, tok = load(gguf)
+    model.eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    hft = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    lm = HFLM(pretrained=hf, tokenizer=hft, batch_size=a.bs, device='cpu')
+    print(f"SmolLM2-135M-Instruct, torch threads {torch.get_num_threads()}, load {load_avg()}")
+    rows, turn = [], 0
+    for name in a.tasks.split(','):
+        for k, n in ((0, a.n), (5, a.n5)):
+            if not n: continue
+            (t,) = check_task(dict(label=name, dataset_uri=f'{name}.jsonl', num_fewshot=[k], **TASKS[name]), DATA)
+            kind, o = t.pop('kind'), {f: v for f, v in t.items() if f not in ('label', 'task', 'n_shot')}
+            ps = icl_prompts(t['task'], kind, k, prefix_space=needs_prefix_space(tok), limit=n, **o)
+            enc = [[encode_pair(tok, p['pre'], c, x) for c, x in p['pairs']] for p in ps]
+            reqs = [((p['pre'] + c, x), ids[:-m], ids[-m:]) for p, e in zip(ps, enc) for (c, x), (ids, m) in zip(p['pairs'], e)]
+            def ours():
+                with torch.no_grad(): return score(model, enc, a.bs)
+            def theirs(): return lm._loglikelihood_tokens(reqs, disable_tqdm=True)
+            res, secs, la = {}, {}, {}
+            for side in (['llmlite', 'lm-eval'] if turn % 2 == 0 else ['lm-eval', 'llmlite']):
+                t0 = time.perf_counter(); res[side] = (ours if side == 'llmlite' else theirs)(); secs[side] = time.perf_counter() - t0
+                la[side] = load_avg()
+            turn += 1
+            it, diff, agree, theirs_hits = iter(res['lm-eval']), 0., {}, {}
+            for p, g in zip(ps, res['llmlite']):
+                th = [next(it) for _ in g]
+                diff = max(diff, max(abs(-float(nll.sum()) - l) for (nll, _), (l, _) in zip(g, th)))
+                if kind == 'language_modeling':
+                    agree.setdefault('greedy', []).append(g[0][1] == th[0][1]); theirs_hits.setdefault('greedy', []).append(th[0][1])
+                    continue
+                ll, nt, nc = np.array([l for l, _ in th]), np.array([len(n) for n, _ in g]), np.maximum(p['chars'], 1)
+                m = choice_metrics([p], [g])
+                for key, v in (('acc', ll), ('acc_norm', ll / nc), ('acc_token', ll / nt)):
+                    hit = float(int(np.argmax(v)) == p['gold'])
+                    agree.setdefault(key, []).append(m[key] == hit); theirs_hits.setdefault(key, []).append(hit)
+            ours_m = lm_metrics(res['llmlite']) if kind == 'language_modeling' else choice_metrics(ps, res['llmlite'])
+            toks = dict(llmlite=sum(p + sum(len(ids) - p for ids, _ in e) if p else sum(len(ids) for ids, _ in e) for p, e in ((shared(e), e) for e in enc)),
+                        lm_eval=sum(len(ids) - 1 for e in enc for ids, _ in e))   # tokens each side runs through the model
+            r = dict(task=f'{name}/{k}-shot', n=len(ps), pairs=len(reqs), tokens=toks, max_ll_diff=diff, agreement={key: float(np.mean(v)) for key, v in agree.items()},
+                     llmlite={key: ours_m[key] for key in agree}, lm_eval={key: float(np.mean(v)) for key, v in theirs_hits.items()},
+                     secs=secs, speedup=secs['lm-eval'] / secs['llmlite'], load=la)
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+    tot = {s: sum(r['secs'][s] for r in rows) for s in ('llmlite', 'lm-eval')}
+    sp = [r['speedup'] for r in rows]
+    print(f"total: llmlite {tot['llmlite']:.1f} s, lm-eval {tot['lm-eval']:.1f} s, ratio {tot['lm-eval'] / tot['llmlite']:.2f}x; "
+          f"per task speedup median {np.median(sp):.2f}x (quartiles {np.quantile(sp, .25):.2f}-{np.quantile(sp, .75):.2f}); "
+          f"all agreement 100%: {all(v == 1. for r in rows for v in r['agreement'].values())}; max |ll diff| {max(r['max_ll_diff'] for r in rows):.2e}; "
+          f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB; load {load_avg()}")
+
+if __name__ == '__main__': main()
