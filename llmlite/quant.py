@@ -242,15 +242,23 @@ def _(func, args, kwargs): return args[0]._new(lambda t: func(t))
 @_impl(_aten._to_copy.default)
 def _(func, args, kwargs):
     dev = kwargs.get('device')
-    return args[0]._new(lambda t: t.to(dev) if dev is not None else t.clone(), dtype=kwargs.get('dtype') or args[0].dtype)
+    nb = kwargs.get('non_blocking', False)   # FSDP2's CPU offload copies pinned shards to the GPU without waiting
+    return args[0]._new(lambda t: t.to(dev, non_blocking=nb) if dev is not None else t.clone(), dtype=kwargs.get('dtype') or args[0].dtype)
 
 @_impl(_aten.copy_.default)
 def _(func, args, kwargs):
-    dst, src = args
+    dst, src, nb = (list(args) + [False])[:3]
     check(isinstance(src, QTensor) and src.names == dst.names and src.shape == dst.shape,
           f"can only copy a matching QTensor into {dst!r}")
-    for k in dst.names: getattr(dst, k).copy_(getattr(src, k))
+    for k in dst.names: getattr(dst, k).copy_(getattr(src, k), nb)
     return dst
+
+# %% ../nbs/03_quant.ipynb #ba15fde3
+@_impl(_aten.is_pinned.default)
+def _(func, args, kwargs): return all(t.is_pinned() for t in args[0].inner.values())
+
+@_impl(_aten._pin_memory.default)
+def _(func, args, kwargs): return args[0]._new(lambda t: t.pin_memory())
 
 # %% ../nbs/03_quant.ipynb #eb59e519
 @patch
