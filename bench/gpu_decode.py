@@ -11,7 +11,7 @@ Usage: python bench/gpu_decode.py --out decode.json [--bs 1 16] [--new 64] [--re
 """
 import argparse, json, os, statistics, sys, time
 import torch
-from gpu_qlora import config, fill
+from gpu_qlora import config, decoder
 
 def copy_bandwidth(dev, gib=4, reps=10):
     "Measured device copy bandwidth, bytes read + written per second (best of `reps`)."
@@ -62,17 +62,12 @@ def main():
     ap.add_argument('--reps', type=int, default=3); ap.add_argument('--compile', action='store_true'); ap.add_argument('--dry-run', action='store_true')
     a = ap.parse_args()
     if not a.dry_run and not torch.cuda.is_available(): sys.exit('gpu_decode.py needs a CUDA GPU (or --dry-run)')
-    from llmlite.models import Decoder
     from llmlite.quant import quantize
-    from llmlite.hf import hf_keymap
     dev = torch.device('cpu' if a.dry_run else 'cuda')
     dt = torch.float32 if a.dry_run else torch.bfloat16
     cfg, prompt = config(a.dry_run), 16 if a.dry_run else 128
     bw = copy_bandwidth(dev)
-    km = hf_keymap(cfg)
-    with torch.device(dev): m = Decoder(cfg).to(dt)
-    fill([(km(n), p) for n, p in m.named_parameters()], dev)
-    quantize(m, 'nf4').eval()
+    m = quantize(decoder(cfg, dev, dt), 'nf4').eval()
     if dev.type == 'cuda': torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
     res = dict(shape=cfg.name, prompt=prompt, new=a.new, device=torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu', dry_run=a.dry_run,
                copy_gbs=bw / 1e9, load_avg=os.getloadavg(), eager=measure(m, a, dev, prompt, bw))

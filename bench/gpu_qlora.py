@@ -14,7 +14,7 @@ With `--compile`, llmlite's blocks are also `torch.compile`d in a third process 
 `--dry-run`: a tiny model on the CPU, every step the same, fp32 compute where CUDA's bf16 kernels are missing.
 Usage: python bench/gpu_qlora.py --out qlora.json [--kinds lora dora] [--bs 1 4] [--rounds 3] [--steps 2] [--warmup 2] [--compile] [--dry-run]
 """
-import argparse, json, math, os, statistics, subprocess, sys, time, warnings, zlib
+import argparse, json, os, statistics, subprocess, sys, time, warnings, zlib
 import torch, torch.nn as nn
 
 SHAPE = 'Llama-3-8B'
@@ -32,6 +32,18 @@ def fill(named, dev):
             if 'norm' in name: p.fill_(1.)
             else: p.copy_(torch.randn(p.shape, generator=g, device=dev, dtype=torch.float32).mul_(0.02).to(p.dtype))
 
+def decoder(cfg, dev, dt):
+    "An llmlite `Decoder` made directly in `dt` on `dev` (no fp32 copy first) with `fill`'s weights."
+    from llmlite.models import Decoder
+    from llmlite.hf import hf_keymap
+    old = torch.get_default_dtype(); torch.set_default_dtype(dt)
+    try:
+        with torch.device(dev): m = Decoder(cfg)
+    finally: torch.set_default_dtype(old)
+    km = hf_keymap(cfg)
+    fill([(km(n), p) for n, p in m.named_parameters()], dev)
+    return m
+
 class Batches:
     "Random-token batches, a pure function of (step, bs): the same on both sides; the smallest loader the Learner takes."
     def __init__(self, vocab, seq, dev): self.vocab, self.seq, self.dev, self.bs, self.step = vocab, seq, dev, 1, 0
@@ -43,15 +55,10 @@ class Batches:
     def load_state_dict(self, sd): pass
 
 def build_llmlite(cfg, dev, dt, kind, compiled):
-    from llmlite.models import Decoder
     from llmlite.quant import quantize
     from llmlite.adapters import add_adapters
-    from llmlite.hf import hf_keymap
     from llmlite.learner import Learner
-    km = hf_keymap(cfg)
-    with torch.device(dev): m = Decoder(cfg).to(dt)
-    fill([(km(n), p) for n, p in m.named_parameters()], dev)
-    quantize(m, 'nf4')
+    m = quantize(decoder(cfg, dev, dt), 'nf4')
     torch.cuda.empty_cache() if dev.type == 'cuda' else None
     add_adapters(m, kind, r=16, alpha=32)
     if compiled:
@@ -142,8 +149,8 @@ def matmul_ceiling(dev, n=8192, reps=10):
 
 def flops_per_token(cfg, seq):
     "Model FLOPs per trained token of a frozen-base adapter run: forward + input gradient of every matmul weight (4N), causal attention's fwd + bwd."
-    from llmlite.plan import _linears
-    n_lin = cfg.n_layers * sum(i * o for i, o in _linears(cfg).values()) + cfg.vocab_size * cfg.dim
+    q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    n_lin = cfg.n_layers * (2 * cfg.dim * q + 2 * cfg.dim * kv + 3 * cfg.dim * cfg.hidden) + cfg.vocab_size * cfg.dim
     return 4 * n_lin + 6 * cfg.n_layers * seq * cfg.n_heads * cfg.head_dim
 
 def run(kind, a, dev, sides):

@@ -6,7 +6,7 @@ Run on a GPU with `pytest -m cuda tests/test_cuda.py`. Without one every test sk
 `bench/gpu.sh --dry-run` sets) the tests that have a CPU counterpart run it on the CPU, and only what needs CUDA itself skips."""
 import copy, os
 import pytest, torch, torch.nn.functional as F
-from llmlite.quant import nf4_quantize, nf4_dequantize, quantize, quantize_weight, qtensor_state, NF4
+from llmlite.quant import nf4_quantize, nf4_dequantize, quantize, quantize_weight, qtensor_state
 from llmlite.models import Config, Decoder, checkpoint_blocks
 from llmlite.adapters import add_adapters
 from llmlite.attention import attend, attn_mask
