@@ -81,16 +81,13 @@ print('   ' + ', '.join(f"{k} {v}" for k, v in env.items()))
 EOF
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv,noheader
 
-# 1. the notebooks' cuda cells (a dry run runs each such notebook's other cells and names the cuda cells it leaves out)
-NBS=$(grep -l '"#| cuda' nbs/*.ipynb)
+# 1. the notebooks' cuda cells, all such notebooks in one parallel nbdev-test (a dry run runs their other cells and names the cuda cells it leaves out)
+NBS=$(grep -l '"#| cuda' nbs/*.ipynb | xargs -n1 basename | sed 's/\.ipynb$//' | paste -sd'|')
 if "$PY" -c 'import nbdev, execnb' 2>/dev/null; then
-  for nb in $NBS; do
-    if [ $DRY = 1 ]; then
-      echo "   $nb: $(grep -c '"#| cuda' "$nb") cuda cell(s) left out: they need CUDA"
-      step "cells-$(basename "$nb" .ipynb)" 120 "$PY" -c 'from nbdev.test import nbdev_test; nbdev_test()' "$nb"
-    else step "cells-$(basename "$nb" .ipynb)" 120 "$PY" -c 'from nbdev.test import nbdev_test; nbdev_test()' --flags cuda "$nb"; fi
-  done
-else echo "== cells: SKIPPED, nbdev/execnb are not importable (pack them: python bench/gpu_pack.py .gpu-site)"; record cells-skipped 1 0 "not run: no nbdev"; fi
+  FLAGS=(--flags cuda)
+  if [ $DRY = 1 ]; then FLAGS=(); for nb in ${NBS//|/ }; do echo "   $nb: $(grep -c '"#| cuda' nbs/$nb.ipynb) cuda cell(s) left out: they need CUDA"; done; fi
+  step cells 150 "$PY" -c 'from nbdev.test import nbdev_test; nbdev_test()' "${FLAGS[@]}" --file-re "^($NBS)\.ipynb\$" nbs
+else echo "== cells: SKIPPED, nbdev/execnb are not importable (pack them: python bench/gpu_pack.py .gpu-site)"; record cells 1 0 "not run: no nbdev"; fi
 
 # 2. the cuda tests
 step pytest 240 "$PY" -m pytest -m cuda tests/test_cuda.py -q -rs -p no:cacheprovider
