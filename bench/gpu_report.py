@@ -38,7 +38,7 @@ def main():
     parts, out = Path(sys.argv[1]), Path(sys.argv[2])
     r = dict(steps=load(parts, 'steps.json') or {}, env=load(parts, 'env.json'), qlora=load(parts, 'qlora.json'), decode=load(parts, 'decode.json'))
     r['dry_run'] = bool((r['env'] or {}).get('dry_run'))
-    r['targets'] = targets(r)
+    r['targets'] = {k: 'not measured (dry run on CPU)' for k in targets(r)} if r['dry_run'] else targets(r)
     (out/'results.json').write_text(json.dumps(r, indent=1))
     e = r['env'] or {}
     lines = [f"# bench/gpu.sh {'(dry run, CPU)' if r['dry_run'] else ''}", '',
