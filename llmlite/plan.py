@@ -42,7 +42,7 @@ def plan(cfg, world_size:int=1, device_mem_gib:float=24., seq_len:int=2048, bs:i
     lins = list(_linears(c).values()); ad = [_linears(c)[n] for n in tg]
     if quant:
         for i, o in lins:
-            ok = o % ws == 0 and (i * o // ws) % _UNIT[quant] == 0
+            ok = ws == 1 or (o % ws == 0 and (i * o // ws) % _UNIT[quant] == 0)   # one rank holds every weight whole
             check(ok, f"{c.name or 'config'}: a {quant} weight of shape ({o}, {i}) can't be split over {ws} ranks (each shard needs whole rows and a multiple of {_UNIT[quant]} weights)")
     qb = _QBYTES[quant] if quant else db
     blk_w = sum(i * o for i, o in lins)

@@ -67,6 +67,16 @@ NESTED_BLOCK = 256
 # %% ../nbs/03_quant.ipynb #17c55b8f
 _LUT = 2**16
 
+def _per_device(make):
+    "Cache the small constant table `make(device)` per device; while torch.compile traces, make it afresh (tracing takes no real tensor)."
+    cached = functools.cache(make)
+    return functools.wraps(make)(lambda device: make(device) if torch.compiler.is_compiling() else cached(device))
+
+_DYNAMIC_VALS = DYNAMIC.tolist()   # plain numbers: a table made while tracing must not read a real tensor
+
+@_per_device
+def _dynamic(device): return torch.tensor(_DYNAMIC_VALS, device=device)
+
 @functools.cache
 def _dynamic_lut():
     "Nested code for each of 65536 grid points on [-1, 1], as bitsandbytes' CPU kernel tabulates it."
@@ -91,7 +101,7 @@ def quantize_blockwise8(x:torch.Tensor, bs:int=NESTED_BLOCK):
 
 def dequantize_blockwise8(q, am, bs:int=NESTED_BLOCK):
     "fp32 values of 8-bit dynamic codes `q` with per-block absmax `am`."
-    v, n = _blocks(DYNAMIC.to(q.device)[q.int()], bs)
+    v, n = _blocks(_dynamic(q.device)[q.int()], bs)
     return (v * am[:, None]).view(-1)[:n]
 
 # %% ../nbs/03_quant.ipynb #2f7ac1fa
@@ -119,13 +129,12 @@ def nf4_quantize(w:torch.Tensor, # float weight of any shape
     return (_nf4_bnb if backend == 'bnb' else _nf4_torch)(w, bs)
 
 # %% ../nbs/03_quant.ipynb #676019d2
-@functools.cache
+_PAIR_VALS = [[NF4[b >> 4].item(), NF4[b & 15].item()] for b in range(256)]
+
+@_per_device
 def _nf4_pairs(device):
     "Each byte's two NF4 values (high nibble first) packed in one 8-byte word, so decoding is a single gather."
-    return torch.stack([NF4[torch.arange(256) >> 4], NF4[torch.arange(256) & 15]], 1).view(torch.int64).view(-1).to(device)
-
-@functools.cache
-def _dynamic(device): return DYNAMIC.to(device)
+    return torch.tensor(_PAIR_VALS, device=device).view(torch.int64).view(-1)
 
 def _nf4_absmax(st, backend='torch'):
     "fp32 per-block absmax from a double-quantized (or plain fp32) state; `backend='bnb'`: bitsandbytes' kernel for the nested codes."
@@ -261,15 +270,23 @@ def _(func, args, kwargs): return args[0]._new(lambda t: func(t))
 @_impl(_aten._to_copy.default)
 def _(func, args, kwargs):
     dev = kwargs.get('device')
-    return args[0]._new(lambda t: t.to(dev) if dev is not None else t.clone(), dtype=kwargs.get('dtype') or args[0].dtype)
+    nb = kwargs.get('non_blocking', False)   # FSDP2's CPU offload copies pinned shards to the GPU without waiting
+    return args[0]._new(lambda t: t.to(dev, non_blocking=nb) if dev is not None else t.clone(), dtype=kwargs.get('dtype') or args[0].dtype)
 
 @_impl(_aten.copy_.default)
 def _(func, args, kwargs):
-    dst, src = args
+    dst, src, nb = (list(args) + [False])[:3]
     check(isinstance(src, QTensor) and src.names == dst.names and src.shape == dst.shape,
           f"can only copy a matching QTensor into {dst!r}")
-    for k in dst.names: getattr(dst, k).copy_(getattr(src, k))
+    for k in dst.names: getattr(dst, k).copy_(getattr(src, k), nb)
     return dst
+
+# %% ../nbs/03_quant.ipynb #ba15fde3
+@_impl(_aten.is_pinned.default)
+def _(func, args, kwargs): return all(t.is_pinned() for t in args[0].inner.values())
+
+@_impl(_aten._pin_memory.default)
+def _(func, args, kwargs): return args[0]._new(lambda t: t.pin_memory())
 
 # %% ../nbs/03_quant.ipynb #eb59e519
 @patch
