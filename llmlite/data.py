@@ -14,9 +14,10 @@ from fastcore.basics import patch
 from .core import LLMLiteError, check
 
 # %% auto #0
-__all__ = ['ROLES', 'Records', 'read_records', 'need', 'lm_loss', 'label_loss', 'prompt_tokens', 'chat_spans', 'chat_tokens',
-           'Rows', 'make_rows', 'uniform', 'collate', 'Loader', 'text_data', 'prompt_data', 'chat_data', 'mix',
-           'Examples', 'label_ids', 'cls_data', 'mask_tokens', 'mlm_data', 'seq2seq_data', 'is_causal', 'model_args']
+__all__ = ['ROLES', 'Records', 'read_text', 'read_records', 'need', 'lm_loss', 'label_loss', 'prompt_tokens', 'chat_spans',
+           'chat_tokens', 'Rows', 'make_rows', 'uniform', 'collate', 'Loader', 'text_data', 'prompt_data', 'chat_data',
+           'mix', 'Examples', 'label_ids', 'cls_data', 'mask_tokens', 'mlm_data', 'seq2seq_data', 'is_causal',
+           'model_args']
 
 # %% ../nbs/06_data.ipynb #a9500703
 class Records(list):
@@ -55,7 +56,7 @@ def _read_json(p:Path) -> Records:
     return Records(o, p, unit='item')
 
 # %% ../nbs/06_data.ipynb #711487a6
-def _text(p:Path) -> str:
+def read_text(p:Path) -> str:
     "The text of file `p`; a byte that is not UTF-8 is an error naming its line."
     b = p.read_bytes()
     try: return b.decode('utf-8')
@@ -63,7 +64,7 @@ def _text(p:Path) -> str:
 
 def _read_csv(p:Path, delimiter=',') -> Records:
     recs, lines = [], []
-    r = csv.DictReader(io.StringIO(_text(p), newline=''), delimiter=delimiter, strict=True)
+    r = csv.DictReader(io.StringIO(read_text(p), newline=''), delimiter=delimiter, strict=True)
     try:
         for o in r:
             check(None not in o, f"{p} line {r.line_num}: more values than the header has columns ({', '.join(r.fieldnames)})")
@@ -96,8 +97,8 @@ def _read_hf(p:Path, split:str) -> Records:
 
 # %% ../nbs/06_data.ipynb #cb13f6c3
 _readers = {'.jsonl': _read_jsonl, '.ndjson': _read_jsonl, '.json': _read_json, '.csv': _read_csv, '.parquet': _read_parquet, '.pq': _read_parquet,
-            '.tsv': lambda p: _read_csv(p, '\t'), '.txt': lambda p: Records([{'text': _text(p)}], p, unit='file'),
-            '.md': lambda p: Records([{'text': _text(p)}], p, unit='file')}
+            '.tsv': lambda p: _read_csv(p, '\t'), '.txt': lambda p: Records([{'text': read_text(p)}], p, unit='file'),
+            '.md': lambda p: Records([{'text': read_text(p)}], p, unit='file')}
 
 # %% ../nbs/06_data.ipynb #e2680119
 def read_records(src, # A path (.jsonl .json .csv .tsv .parquet .txt, or a `datasets` directory) or a list of dicts / strings
