@@ -18,7 +18,7 @@ from .quant import QLinear, quantize_linear, qtensor_from_state, is_skipped, qua
 from .tokenizer import Tokenizer
 from .models import Config, Decoder, check_loaded
 from .hf import (KeyMap, hf_keymap, open_hf_dir, build_model, hf_class, resolve, derived, task_heads, fuse, split_fused, config_to_hf, quant_config,
-                        gguf_config, gguf_names, unpermute)
+                        gguf_config, gguf_names, unpermute, check_layers, check_shapes)
 from .fsdp import shard as fsdp_shard, load_into_shards
 
 # %% auto #0
@@ -97,6 +97,7 @@ def load_hf_dir(d, dtype=None, device=None, quant:dict|None=None, task:str|None=
     h = open_hf_dir(d); d, cfg, km, files = h.path, h.cfg, h.km, h.files
     with torch.device('meta'): model = build_model(cfg, (h.hf.get('architectures') or [None])[0], task)
     stored = {km.inv(k.split('.weight.quant_state.')[0]) for f in files for k in f.tensors if '.weight.quant_state.' in k}
+    check_shapes(model, ((f.path, k, n, v['shape']) for f in files for k, v in f.tensors.items() if (n := km.inv(k)) and n.rsplit('.', 1)[0] not in stored))
     have = {n for n, _ in model.named_parameters(remove_duplicate=False)} if cfg.arch in ('bert', 'modernbert') else None
     items = _stream_safetensors(files, km, cfg, {'head.weight'} if cfg.tie_embeddings else set(), have)
     stream_into(model, items, dtype, device, quant, stored)
@@ -122,7 +123,10 @@ def load_gguf(path, dtype=None, device=None, quant:dict|None=None):
     "Load a GGUF file into a `Decoder` and its `Tokenizer` (None when the file carries none)."
     g = GGUFFile(path)
     cfg = gguf_config(g)
+    km = KeyMap(gguf_names)
+    check_layers(cfg, [km.inv(t) for t in g.tensors], str(path))
     with torch.device('meta'): model = Decoder(cfg)
+    check_shapes(model, ((path, t, km.inv(t), shape) for t, (shape, _, _) in g.tensors.items()))
     stream_into(model, _gguf_items(g, cfg), dtype, device, quant)
     tok = Tokenizer.from_gguf(g) if 'tokenizer.ggml.tokens' in g.meta else None
     return check_loaded(model, str(path)), tok
