@@ -16,8 +16,8 @@ from .core import LLMLiteError, check
 # %% auto #0
 __all__ = ['ROLES', 'Records', 'read_text', 'read_records', 'need', 'lm_loss', 'label_loss', 'prompt_tokens', 'chat_spans',
            'chat_tokens', 'Rows', 'make_rows', 'uniform', 'collate', 'Loader', 'text_data', 'prompt_data', 'chat_data',
-           'mix', 'Examples', 'label_ids', 'cls_data', 'mask_tokens', 'mlm_data', 'seq2seq_data', 'is_causal',
-           'model_args']
+           'mix', 'source_tokens', 'Examples', 'label_ids', 'cls_data', 'mask_tokens', 'mlm_data', 'seq2seq_data',
+           'is_causal', 'model_args']
 
 # %% ../nbs/06_data.ipynb #a9500703
 class Records(list):
@@ -521,6 +521,11 @@ def mix(sources:list, # Loaders (from `text_data`, `prompt_data`, `chat_data`) o
     first = next((s for s in sources if isinstance(s, Loader)), None)
     bs, seed = bs or (first.bs if first else 8), seed if seed is not None else (first.seed if first else 0)
     return Loader(rows, bs, weights, seed, steps, pad_id=first.pad_id if first else 0)
+
+# %% ../nbs/06_data.ipynb #a91975d0
+def source_tokens(batches:list, n:int) -> list[int]:
+    "Real tokens (`valid`) of `batches` drawn from each of `n` sources, by the `source` of each row."
+    return [int(x) for x in sum(np.bincount(b['source'].numpy(), weights=b['valid'].sum(1).numpy(), minlength=n) for b in batches)]
 
 # %% ../nbs/06_data.ipynb #564e1c70
 def _pipeline(tok, max_len:int|None=None):
