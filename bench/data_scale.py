@@ -104,7 +104,9 @@ def speed(a):
     print(f"text: {nbytes / 2**20:.0f} MB, {len(docs)} documents; cores: {os.cpu_count()}; rounds {a.rounds}")
     for k, v in res.items():
         q = np.percentile(v, [25, 75]) if len(v) > 1 else (v[0], v[0])
-        print(f"{k:16} median {med[k]:10,.0f} tok/s ({med[k] / med['peer']:.2f}x peer; quartiles {q[0]:,.0f}-{q[1]:,.0f})")
+        ratio = [x / y for x, y in zip(v, res['peer'])]                 # each round against the peer's run beside it
+        print(f"{k:16} median {med[k]:10,.0f} tok/s (quartiles {q[0]:,.0f}-{q[1]:,.0f}); vs peer: ratio of medians {med[k] / med['peer']:.2f}x, "
+              f"median of per-round ratios {statistics.median(ratio):.2f}x (range {min(ratio):.2f}-{max(ratio):.2f})")
     print(f"load average {load()}")
 
 def _tree_rss(pid):
@@ -115,10 +117,15 @@ def _tree_rss(pid):
         return sum(x.memory_info().rss for x in ps)
     except psutil.NoSuchProcess: return 0
 
-def _watch(cmd):
-    "Run `cmd`, sampling its process tree's RSS every 0.1 s: (peak bytes, seconds, stdout)."
+def _watch(cmd, limit=None):
+    "Run `cmd`, sampling its process tree's RSS every 0.1 s, killing it after `limit` seconds: (peak bytes, seconds, stdout or None when killed)."
     t = time.time(); p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True); peak = 0
-    while p.poll() is None: peak = max(peak, _tree_rss(p.pid)); time.sleep(0.1)
+    while p.poll() is None:
+        peak = max(peak, _tree_rss(p.pid)); time.sleep(0.1)
+        if limit and time.time() - t > limit:
+            import psutil
+            for c in psutil.Process(p.pid).children(recursive=True): c.kill()
+            p.kill(); p.wait(); return peak, time.time() - t, None
     out = p.stdout.read(); check = p.returncode
     if check: raise SystemExit(f"{cmd} failed ({check})")
     return peak, time.time() - t, out
@@ -130,7 +137,12 @@ def rss(a):
     code = ("import sys, time; sys.path.insert(0, '.'); from bench.data_scale import smol; from llmlite.store import tokenize; "
             f"t = time.time(); s = tokenize({str(d)!r}, smol(), {str(out)!r}, workers={a.workers}); print(len(s), time.time() - t)")
     subprocess.run(['rm', '-rf', str(out)], check=True)
-    peak, dt, o = _watch([sys.executable, '-c', code])
+    peak, dt, o = _watch([sys.executable, '-c', code], a.limit)
+    if o is None:
+        idx = json.loads((out/'index.json').read_text()) if (out/'index.json').exists() else dict(tokens=0, next=[0, 0])
+        print(f"tokenize {nbytes / 2**30:.2f} GB: stopped after {dt:.0f}s (--limit) with {idx['tokens']:,} tokens in finished shards, "
+              f"{idx['next'][0]} of {len(list(d.glob('*.jsonl')))} files done; peak RSS (process tree) {peak / 2**20:,.0f} MiB  load {load()}")
+        return
     ntok, tt = o.split()[-2:]
     print(f"tokenize {nbytes / 2**30:.2f} GB: {int(ntok):,} tokens in {float(tt):.0f}s ({int(ntok) / float(tt):,.0f} tok/s, {nbytes / 2**20 / float(tt):.2f} MB/s), "
           f"peak RSS (process tree) {peak / 2**20:,.0f} MiB  load {load()}")
@@ -159,6 +171,7 @@ if __name__ == '__main__':
     ap = argparse.ArgumentParser(); ap.add_argument('what', choices=['corpus', 'pack', 'speed', 'rss'])
     ap.add_argument('--gb', type=float, default=2.); ap.add_argument('--mb', type=int, default=64)
     ap.add_argument('--rounds', type=int, default=3); ap.add_argument('--workers', type=int, default=2); ap.add_argument('--steps', type=int, default=200)
+    ap.add_argument('--limit', type=float, default=None)
     a = ap.parse_args()
     if a.what == 'corpus': corpus(a.gb)
     else: globals()[a.what](a)
