@@ -13,7 +13,7 @@ from fastcore.basics import patch
 from .core import LLMLiteError, check
 
 # %% auto #0
-__all__ = ['read_json', 'atomic_write', 'write_json', 'write_dir', 'SafetensorsFile', 'GGUFFile']
+__all__ = ['read_json', 'atomic_write_all', 'atomic_write', 'write_json', 'write_dir', 'SafetensorsFile', 'GGUFFile']
 
 # %% ../nbs/02_formats.ipynb #9d995340
 _NONE = object()
@@ -33,15 +33,26 @@ def _fsync(p):
     try: os.fsync(fd)
     finally: os.close(fd)
 
+def atomic_write_all(writes:dict) -> list:
+    "For each `{path: write}`, call `write(tmp_path)` and sync it; only when all succeeded, rename each over its path. A failure (a full disk) names the file and replaces none."
+    tmps = {}
+    try:
+        for path, write in writes.items():
+            path = Path(path)
+            fd, tmps[path] = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp'); os.close(fd)
+            try: write(tmps[path]); _fsync(tmps[path])
+            except LLMLiteError: raise
+            except Exception as e: raise LLMLiteError(f"{path}: could not be written ({type(e).__name__}: {e}); the previous version is untouched") from None
+        for path, tmp in tmps.items(): os.replace(tmp, path)
+        for d in {p.parent for p in tmps}: _fsync(d)
+    finally:
+        for tmp in tmps.values():
+            if os.path.exists(tmp): os.remove(tmp)
+    return list(tmps)
+
 def atomic_write(path, write) -> Path:
     "Call `write(tmp_path)`, sync it to disk, then rename it to `path`: readers see the old file or the new, never a part."
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    os.close(fd)
-    try: write(tmp); _fsync(tmp); os.replace(tmp, path); _fsync(path.parent)
-    finally:
-        if os.path.exists(tmp): os.remove(tmp)
-    return path
+    return atomic_write_all({path: write})[0]
 
 def write_json(path, o, indent:int=2) -> Path:
     "Write `o` as JSON to `path` atomically."
@@ -53,7 +64,9 @@ def write_dir(d, write) -> Path:
     d = Path(d); d.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=d.parent, prefix=f'.tmp-{d.name}-'))
     try:
-        write(tmp)
+        try: write(tmp)
+        except LLMLiteError as e: raise LLMLiteError(str(e).replace(str(tmp), str(d))) from None
+        except Exception as e: raise LLMLiteError(f"{d}: could not be written ({type(e).__name__}: {e}); the previous version is untouched") from None
         for f in tmp.iterdir(): _fsync(f)
         _fsync(tmp)
         old = d.with_name(f'.old-{d.name}-{os.getpid()}') if d.exists() else None

@@ -12,7 +12,7 @@ __all__ = ['mixture_data', 'train_data', 'finetune', 'run_tokenize', 'run_genera
 import json, time
 import torch.distributed as dist
 from pathlib import Path
-from .core import seed_everything, check
+from .core import seed_everything
 from .loading import load, save_model
 from .adapters import add_adapters, merge_adapters, trainable_params
 from .peft import load_adapter, save_adapter

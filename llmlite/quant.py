@@ -158,13 +158,25 @@ def _rtn(x, bits):
     s = ((hi - lo) / (2**bits - 1)).clamp(min=1e-8)
     return s, -lo / s
 
+# %% ../nbs/03_quant.ipynb #50df26d0
+def _flat(m:torch.Tensor, qmax:int):
+    "fp16 scale and zero that give back the values `m` from code 0 (`m = -zero * scale`): the zero an integer (exact in fp16), chosen so that the scale rounds least."
+    n = torch.arange(qmax, 2049, dtype=torch.float32)                  # candidate |zero|: integers fp16 holds exactly
+    s = (m.abs()[:, None] / n).half()
+    err = torch.where(s > 0, (n * s.float() - m.abs()[:, None]).abs(), torch.inf)
+    i = err.argmin(1, keepdim=True)
+    s, z = s.gather(1, i).view(-1), (-n[i.view(-1)] * m.sign()).half()
+    return torch.where(s > 0, s, 1.).half(), torch.where(s > 0, z, 0.).half()   # m == 0 (or below fp16): scale 1, zero 0
+
 # %% ../nbs/03_quant.ipynb #cc3df8d7
 def hqq_quantize(w:torch.Tensor, bits:int=4, group_size:int=64,
-                 iters:int=20, p:float=0.7, beta:float=10., kappa:float=1.01): # solver: steps, lp norm, penalty and its growth
+                 iters:int=20, p:float=0.7, beta:float=10., kappa:float=1.01, # solver: steps, lp norm, penalty and its growth
+                 round_zero:bool=False): # start the solver from a zero rounded to an integer (the hqq library's choice at 4 bits)
     "HQQ codes (packed), fp16 scale and zero per group of `w`."
     x = w.reshape(-1, group_size).float()
     qmax = 2**bits - 1
     s, z = _rtn(x, bits)
+    if round_zero: z = z.round()
     xs, sp = x / s, s.pow(p - 2)
     best_z, best = z, torch.full_like(z, float('inf'))
     for _ in range(iters + 1):
@@ -178,6 +190,10 @@ def hqq_quantize(w:torch.Tensor, bits:int=4, group_size:int=64,
         z = z - torch.copysign(torch.minimum(a, ap.mul_(sp / beta)), r).mean(1, keepdim=True)
         beta *= kappa
     s, z = s.half(), best_z.half()
+    flat = (s == 0) | ~torch.isfinite(z) | (z.abs() > 2**15)      # a constant (or nearly) group: its scale underflows fp16, its zero overflows
+    if flat.any():
+        fs, fz = _flat(x[flat.view(-1)].mean(1), qmax)
+        s[flat], z[flat] = fs, fz
     q = (x / s.float() + z.float()).round_().clamp_(0, qmax)
     return dict(qdata=pack_bits(q, bits), scale=s.view(-1), zero=z.view(-1))
 
@@ -285,6 +301,7 @@ def _check_args(w, method, bits, group_size, name):
           f"{name}: only fp32/bf16/fp16 weights can be quantized, got {getattr(w, 'dtype', type(w))}")
     check(method == 'nf4' or w.numel() % group_size == 0,
           f"{name}: shape {tuple(w.shape)} has {w.numel()} elements, not a multiple of group_size={group_size}")
+    check(bool(torch.isfinite(w).all()), f"{name}: holds {int((~torch.isfinite(w)).sum())} NaN or infinite values, which cannot be quantized")
 
 def quantize_weight(w:torch.Tensor, method:str='nf4', bits:int=4, group_size:int=64,
                     name:str='weight', # named in error messages

@@ -6,7 +6,7 @@ Docs: https://llmlite.github.io/llmlite/tokenizer.html.md"""
 
 # %% ../nbs/05_tokenizer.ipynb #dc70a66a
 from __future__ import annotations
-import json
+import json, time
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -17,7 +17,7 @@ from fastcore.basics import patch
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 from tokenizers import Tokenizer as TkTokenizer
 from .core import LLMLiteError, check
-from .formats import read_json, write_json, atomic_write, GGUFFile
+from .formats import read_json, atomic_write_all, GGUFFile
 
 # %% auto #0
 __all__ = ['chatml_template', 'eot_tokens', 'gguf_pre_splits', 'compile_chat_template', 'render_chat', 'Tokenizer',
@@ -50,13 +50,38 @@ def compile_chat_template(src:str) -> jinja2.Template:
 chatml_template = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
                    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
+_RENDER_STEPS, _RENDER_SECONDS, _RENDER_BYTES = 10**6, 5., 16 * 2**20   # what a chat template may spend: loop steps over range(), time, output
+
+def _budget(src:str):
+    "A `range` for a template that counts the steps of every loop over it, and the check of the time spent."
+    t0, steps = time.monotonic(), [0]
+    def spent(what):
+        if time.monotonic() - t0 > _RENDER_SECONDS: raise LLMLiteError(f"{src}: rendering took over {_RENDER_SECONDS:g} s ({what}): the template runs away")
+    def budget_range(*a):
+        for i in range(*a):
+            steps[0] += 1
+            if steps[0] > _RENDER_STEPS: raise LLMLiteError(f"{src}: its loops ran over {_RENDER_STEPS:,} steps: the template runs away")
+            if steps[0] % 1024 == 0: spent('in a loop')
+            yield i
+    return budget_range, spent
+
 def render_chat(template:str, # Jinja source of the chat template
                 messages:list[dict], # [{'role':..., 'content':...}, ...]
                 add_generation_prompt=True, # end with the header of an assistant turn
+                src:str='chat template', # where the template comes from, for errors (a tokenizer_config.json, a GGUF file)
                 **kw) -> str: # More template variables: `bos_token`, `tools`, `enable_thinking`...
-    "Render `messages` with `template`; errors the template raises become `LLMLiteError`."
-    try: return compile_chat_template(template).render(messages=messages, tools=None, documents=None, add_generation_prompt=add_generation_prompt, **kw)
-    except jinja2.TemplateError as e: raise LLMLiteError(f"chat template: {e}") from None
+    "Render `messages` with `template`, within a budget of loop steps, time and output size; errors the template raises become `LLMLiteError`."
+    rng, spent = _budget(src)
+    limit = _RENDER_BYTES + 4 * sum(len(str(m.get('content', ''))) for m in messages if isinstance(m, dict))
+    out, n = [], 0
+    try:
+        for piece in compile_chat_template(template).generate(messages=messages, tools=None, documents=None, add_generation_prompt=add_generation_prompt, range=rng, **kw):
+            out.append(piece); n += len(piece)
+            if n > limit: raise LLMLiteError(f"{src}: the rendered prompt passed {limit:,} characters: the template runs away")
+            spent('writing output')
+    except jinja2.TemplateError as e: raise LLMLiteError(f"{src}: {e}") from None
+    except RecursionError: raise LLMLiteError(f"{src}: the template recurses without end") from None
+    return ''.join(out)
 
 # %% ../nbs/05_tokenizer.ipynb #1bbc686b
 eot_tokens = ('<|im_end|>', '<|eot_id|>', '<|eom_id|>', '<|end|>', '<end_of_turn>', '<|endoftext|>', '<|end_of_text|>')
@@ -122,7 +147,8 @@ def tokens(self:Tokenizer, text:str, special=False) -> list[str]:
 def apply_chat_template(self:Tokenizer, messages:list[dict], add_generation_prompt=True, **kw) -> str:
     "`messages` rendered with this tokenizer's chat template."
     toks = dict(bos_token=self.bos_token, eos_token=self.eos_token, unk_token=self.unk_token, pad_token=self.pad_token)
-    return render_chat(self.chat_template, messages, add_generation_prompt, **{**{k: v for k, v in toks.items() if v is not None}, **kw})
+    return render_chat(self.chat_template, messages, add_generation_prompt, f"chat template of {self.name_or_path or 'the tokenizer'}",
+                       **{**{k: v for k, v in toks.items() if v is not None}, **kw})
 
 @patch
 def encode_chat(self:Tokenizer, messages:list[dict], add_generation_prompt=True, **kw) -> list[int]:
@@ -160,14 +186,19 @@ def from_dir(cls:Tokenizer, path) -> Tokenizer:
 
 # %% ../nbs/05_tokenizer.ipynb #e2cb6b3a
 @patch
-def save(self:Tokenizer, path) -> Path:
-    "Write tokenizer.json and tokenizer_config.json to the directory `path`, readable by `transformers.AutoTokenizer`."
-    path = Path(path); path.mkdir(parents=True, exist_ok=True)
-    atomic_write(path/'tokenizer.json', lambda f: self.tk.save(f))
+def files(self:Tokenizer) -> dict:
+    "`{file name: write(path)}` of the files that hold this tokenizer, readable by `transformers.AutoTokenizer`."
     toks = dict(bos_token=self.bos_token, eos_token=self.eos_token, unk_token=self.unk_token, pad_token=self.pad_token)
     cfg = {'tokenizer_class': 'PreTrainedTokenizerFast', 'clean_up_tokenization_spaces': False, **self.config}
     cfg.update({k: v for k, v in toks.items() if v is not None}, chat_template=self.chat_template)
-    write_json(path/'tokenizer_config.json', cfg)
+    return {'tokenizer.json': lambda f: self.tk.save(str(f)),
+            'tokenizer_config.json': lambda f: Path(f).write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + '\n', encoding='utf-8')}
+
+@patch
+def save(self:Tokenizer, path) -> Path:
+    "Write tokenizer.json and tokenizer_config.json to the directory `path`, together (`atomic_write_all`)."
+    path = Path(path); path.mkdir(parents=True, exist_ok=True)
+    atomic_write_all({path/n: w for n, w in self.files().items()})
     return path
 
 # %% ../nbs/05_tokenizer.ipynb #e735a4d3
