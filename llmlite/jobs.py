@@ -13,6 +13,7 @@ import json, time
 import torch.distributed as dist
 from pathlib import Path
 from .core import seed_everything
+from .errors import check
 from .loading import load, save_model
 from .adapters import add_adapters, merge_adapters, trainable_params
 from .peft import load_adapter, save_adapter
