@@ -16,6 +16,7 @@ from .quant import *
 from .attention import *
 from .tokenizer import *
 from .data import *
+from .store import *
 from .models import *
 from .adapters import *
 from .encoders import *

@@ -6,7 +6,7 @@ Docs: https://llmlite.github.io/llmlite/cli.html.md"""
 
 # %% auto #0
 __all__ = ['commands', 'default_model', 'bundled', 'validate', 'read_config', 'add_options', 'options', 'check_inputs',
-           'Finetune', 'Generate', 'Eval', 'Quantize', 'Merge', 'Plan', 'parser', 'parse', 'main']
+           'Finetune', 'Tokenize', 'Generate', 'Eval', 'Quantize', 'Merge', 'Plan', 'parser', 'parse', 'main']
 
 # %% ../nbs/20_cli.ipynb #c6dcd025
 import argparse, difflib, importlib, importlib.resources, importlib.util, sys, tomllib, types, typing
@@ -107,7 +107,8 @@ def check_inputs(o):
         if v is None: continue
         p = Path(v).expanduser()
         check(p.exists(), f"{n}: {v}: no such file or directory")
-        check(p.is_file() or p.is_dir() and n == 'adapter', f"{n}: {v}: not a regular file")
+        check(p.is_file() or p.is_dir() and n in ('adapter', 'data', 'src'), f"{n}: {v}: not a regular file")
+        if n == 'data' and p.is_dir(): check((p/'index.json').is_file(), f"data: {v}: a directory but not a token store (no index.json; make one with `llmlite tokenize`)")
         if n == 'adapter': check((p/'adapter_config.json').is_file(), f"adapter: {v}: not an adapter directory (no adapter_config.json)")
     m = getattr(o, 'model', None)
     if m and not Path(m).expanduser().exists():
@@ -123,7 +124,7 @@ class Finetune:
     r:int = 16                   # adapter rank
     alpha:float = 32.            # adapter scale numerator (the update is scaled by alpha / r)
     targets:str = 'all-linear'   # layers that get an adapter: all-linear, or a comma-separated list among wq,wk,wv,wo,gate,up,down
-    data:str|None = None         # training data, JSONL (None: the bundled date task)
+    data:str|None = None         # training data: JSONL, a token store (`llmlite tokenize`), or a .json mixture of stores (None: the bundled date task)
     eval_data:str|None = None    # held-out data, JSONL (None: the bundled date task's held-out split)
     format:Literal['chat', 'prompt', 'text'] = 'chat' # records: chat messages, prompt/completion pairs, or plain text
     seq_len:int = 128            # tokens per training sequence
@@ -136,6 +137,22 @@ class Finetune:
     show:int = 3                 # held-out generations to print at the end
     inputs = ('data', 'eval_data')
     def __post_init__(self): validate(self, positive='r alpha seq_len bs steps lr eval_n', nonneg='show')
+
+# %% ../nbs/20_cli.ipynb #311d7831
+@dataclass
+class Tokenize:
+    "Options of `llmlite tokenize`."
+    src:str|None = None          # the corpus: a .jsonl(.gz/.zst), .parquet, .arrow, .txt or .md file, a directory of them, or a `datasets` directory
+    out:str = 'out/store'        # the store's directory; the same command again finishes an interrupted run
+    model:str|None = None        # whose tokenizer: an HF directory or a .gguf (None: the embedded SmolLM2-135M-Instruct)
+    field:str = 'text'           # the field (column) holding each document
+    eos:bool = True              # end every document with the tokenizer's EOS
+    workers:int = 0              # worker processes (0: encode in this process, the tokenizers library's threads on every core)
+    shard_tokens:int = 1 << 25   # tokens per shard
+    inputs = ('src',)
+    def __post_init__(self):
+        validate(self, positive='shard_tokens', nonneg='workers')
+        check(self.src is not None, "src: give the corpus to tokenize (--src FILE_OR_DIR)")
 
 # %% ../nbs/20_cli.ipynb #fa7773c1
 @dataclass
@@ -225,6 +242,7 @@ commands = {'finetune': (Finetune, 'finetune', 'QLoRA/QDoRA fine-tune (no argume
             'eval': (Eval, 'run_eval', 'evaluate on a task file'),
             'quantize': (Quantize, 'run_quantize', 'quantize a model and save it (NF4 as a bitsandbytes-4bit checkpoint)'),
             'merge': (Merge, 'run_merge', 'merge an adapter into its base and save a dense model'),
+            'tokenize': (Tokenize, 'run_tokenize', 'tokenize a corpus once into a token store for training'),
             'plan': (Plan, 'run_plan', 'predict peak memory per device of a (Q)LoRA job, term by term, and whether it fits')}
 
 # %% ../nbs/20_cli.ipynb #4c70f671

@@ -6,7 +6,7 @@ Docs: https://llmlite.github.io/llmlite/data.html.md"""
 
 # %% ../nbs/06_data.ipynb #6b0160ce
 from __future__ import annotations
-import csv, inspect, json, math, re, string, warnings
+import csv, inspect, io, json, math, re, string, warnings
 from bisect import bisect_left, insort
 from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
@@ -14,9 +14,10 @@ from fastcore.basics import patch
 from .core import LLMLiteError, check
 
 # %% auto #0
-__all__ = ['Records', 'read_records', 'need', 'lm_loss', 'label_loss', 'prompt_tokens', 'chat_spans', 'chat_tokens', 'Rows',
-           'make_rows', 'uniform', 'collate', 'Loader', 'text_data', 'prompt_data', 'chat_data', 'mix', 'Examples',
-           'label_ids', 'cls_data', 'mask_tokens', 'mlm_data', 'seq2seq_data', 'is_causal', 'model_args']
+__all__ = ['ROLES', 'Records', 'read_text', 'read_records', 'need', 'lm_loss', 'label_loss', 'prompt_tokens', 'chat_spans',
+           'chat_tokens', 'Rows', 'make_rows', 'uniform', 'collate', 'Loader', 'text_data', 'prompt_data', 'chat_data',
+           'mix', 'source_tokens', 'Examples', 'label_ids', 'cls_data', 'mask_tokens', 'mlm_data', 'seq2seq_data',
+           'is_causal', 'model_args']
 
 # %% ../nbs/06_data.ipynb #a9500703
 class Records(list):
@@ -55,15 +56,23 @@ def _read_json(p:Path) -> Records:
     return Records(o, p, unit='item')
 
 # %% ../nbs/06_data.ipynb #711487a6
+def read_text(p:Path) -> str:
+    "The text of file `p`; a byte that is not UTF-8 is an error naming its line."
+    b = p.read_bytes()
+    try: return b.decode('utf-8')
+    except UnicodeDecodeError as e: raise LLMLiteError(f"{p} line {b.count(10, 0, e.start) + 1}: not UTF-8 ({e.reason} at byte {e.start}); re-save the file as UTF-8") from None
+
 def _read_csv(p:Path, delimiter=',') -> Records:
     recs, lines = [], []
-    with open(p, newline='', encoding='utf-8') as f:
-        r = csv.DictReader(f, delimiter=delimiter)
+    r = csv.DictReader(io.StringIO(read_text(p), newline=''), delimiter=delimiter, strict=True)
+    try:
         for o in r:
             check(None not in o, f"{p} line {r.line_num}: more values than the header has columns ({', '.join(r.fieldnames)})")
             miss = [k for k, v in o.items() if v is None]
             if miss: raise LLMLiteError(f"{p} line {r.line_num}: no value for column {miss[0]!r}: fewer values than the header's {len(o)} columns")
             recs.append(o); lines.append(r.line_num)
+    except csv.Error as e:
+        raise LLMLiteError(f"{p} line {(lines[-1] if lines else 1) + 1}: malformed CSV in the record starting here ({e}; an unterminated quote?)") from None
     return Records(recs, p, lines, 'line')
 
 # %% ../nbs/06_data.ipynb #23135a36
@@ -88,8 +97,8 @@ def _read_hf(p:Path, split:str) -> Records:
 
 # %% ../nbs/06_data.ipynb #cb13f6c3
 _readers = {'.jsonl': _read_jsonl, '.ndjson': _read_jsonl, '.json': _read_json, '.csv': _read_csv, '.parquet': _read_parquet, '.pq': _read_parquet,
-            '.tsv': lambda p: _read_csv(p, '\t'), '.txt': lambda p: Records([{'text': p.read_text(encoding='utf-8')}], p, unit='file'),
-            '.md': lambda p: Records([{'text': p.read_text(encoding='utf-8')}], p, unit='file')}
+            '.tsv': lambda p: _read_csv(p, '\t'), '.txt': lambda p: Records([{'text': read_text(p)}], p, unit='file'),
+            '.md': lambda p: Records([{'text': read_text(p)}], p, unit='file')}
 
 # %% ../nbs/06_data.ipynb #e2680119
 def read_records(src, # A path (.jsonl .json .csv .tsv .parquet .txt, or a `datasets` directory) or a list of dicts / strings
@@ -105,6 +114,7 @@ def read_records(src, # A path (.jsonl .json .csv .tsv .parquet .txt, or a `data
     else:
         p = Path(src)
         check(p.exists(), f"{p}: file not found")
+        check(p.is_file() or p.is_dir(), f"{p}: not a regular file or a directory (a pipe or device would never end); write the data to a file")
         if p.is_dir(): res = _read_hf(p, split)
         else:
             check(p.suffix.lower() in _readers, f"{p}: unknown data format {p.suffix!r}; llmlite reads {', '.join(_readers)} files and `datasets` directories")
@@ -208,9 +218,10 @@ def _stream(exs, seq_len):
     "Pack examples as one stream cut into rows of `seq_len`; an example crossing a boundary continues as a new segment."
     rows, cur, room = [], [], seq_len
     for x, m in exs:
-        while len(x):
-            cur.append((x[:room], m[:room])); x, m = x[room:], m[room:]
-            room = seq_len - sum(len(a) for a, _ in cur)
+        x, m, i = np.asarray(x), np.asarray(m, bool), 0        # array slices are views: each token is visited once
+        while i < len(x):
+            n = min(room, len(x) - i)
+            cur.append((x[i:i + n], m[i:i + n])); i += n; room -= n
             if room == 0: rows.append(cur); cur, room = [], seq_len
     return rows + ([cur] if cur else [])
 
@@ -473,6 +484,8 @@ def prompt_data(src, tok, seq_len:int=2048, bs:int=8,
     return _loader(recs, exs, seq_len, bs, pack, False, truncate, seed, shuffle, tok)
 
 # %% ../nbs/06_data.ipynb #5199bf97
+ROLES = ('system', 'developer', 'user', 'assistant', 'tool', 'ipython')     # the roles chat templates know
+
 def _messages(o, field):
     ms = o[field]
     if isinstance(ms, str): ms = json.loads(ms)        # CSV cells hold JSON
@@ -480,6 +493,7 @@ def _messages(o, field):
     for j, m in enumerate(ms):
         check(isinstance(m, dict) and isinstance(m.get('role'), str) and isinstance(m.get('content'), str),
               f"message {j} must be a dict with string 'role' and 'content', got {str(m)[:80]}")
+        check(m['role'] in ROLES, f"message {j}: unknown role {m['role']!r}; use one of {', '.join(ROLES)}")
     check(any(m['role'] == 'assistant' for m in ms), f"no assistant message (roles: {', '.join(m['role'] for m in ms)}), so nothing to train on")
     return ms
 
@@ -507,6 +521,11 @@ def mix(sources:list, # Loaders (from `text_data`, `prompt_data`, `chat_data`) o
     first = next((s for s in sources if isinstance(s, Loader)), None)
     bs, seed = bs or (first.bs if first else 8), seed if seed is not None else (first.seed if first else 0)
     return Loader(rows, bs, weights, seed, steps, pad_id=first.pad_id if first else 0)
+
+# %% ../nbs/06_data.ipynb #a91975d0
+def source_tokens(batches:list, n:int) -> list[int]:
+    "Real tokens (`valid`) of `batches` drawn from each of `n` sources, by the `source` of each row."
+    return [int(x) for x in sum(np.bincount(b['source'].numpy(), weights=b['valid'].sum(1).numpy(), minlength=n) for b in batches)]
 
 # %% ../nbs/06_data.ipynb #564e1c70
 def _pipeline(tok, max_len:int|None=None):

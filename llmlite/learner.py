@@ -16,7 +16,7 @@ from torch.distributed.tensor import DTensor
 from fastcore.basics import patch, store_attr
 from .core import check, train_mode
 from .dist import rank, world, barrier, all_reduce
-from .data import lm_loss, label_loss, model_args, is_causal
+from .data import lm_loss, label_loss, model_args, is_causal, source_tokens
 from .models import checkpoint_blocks
 from .checkpoints import save_checkpoint, checkpoints, read_checkpoint, load_checkpoint, rng_state, set_rng_state
 from .eval import evaluate
@@ -193,7 +193,10 @@ def one_step(self:Learner, n:int) -> dict:
     if ok: self.opt.step()
     self.opt.zero_grad(set_to_none=True)
     self.data.step = n * self.accum
-    return dict(step=n, loss=loss, grad_norm=gn, tokens=ntok, **h, ok=ok)
+    r = dict(step=n, loss=loss, grad_norm=gn, tokens=ntok, **h, ok=ok)
+    ns = len(getattr(self.data, 'sources', ()))
+    if ns > 1: r['source_tokens'] = [int(x) for x in all_reduce(source_tokens(bs, ns))]   # a mixture: what each source gave this step
+    return r
 
 # %% ../nbs/19_learner.ipynb #afaa1dd2
 _MIN_HISTORY, _SPIKE_GAP, _MAX_ROLLBACKS = 10, 0.5, 10
