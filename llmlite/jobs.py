@@ -71,7 +71,7 @@ def _finetune(o:Finetune, sharded:bool) -> dict:
     say = print if not sharded or rank() == 0 else lambda *a, **k: None
     seed_everything(o.seed)
     t0 = time.time()
-    train, held = o.data or bundled('dates_train.jsonl'), o.eval_data or bundled('dates_test.jsonl')
+    held = o.eval_data or bundled('dates_test.jsonl')
     recs = read_records(held)[:o.show]
     train_data(o)                                 # bad records or stores are reported now, before the model loads
     model, tok = load(o.model or default_model(), quant=o.quant or None)
