@@ -15,6 +15,7 @@ from .quant import *
 from .attention import *
 from .tokenizer import *
 from .data import *
+from .cache import *
 from .models import *
 from .adapters import *
 from .encoders import *
@@ -32,6 +33,6 @@ from .cli import *
 
 # %% ../nbs/99_all.ipynb #6e76ea21
 import importlib as _il
-_modules = ('core', 'dist', 'formats', 'quant', 'attention', 'tokenizer', 'data', 'models', 'adapters', 'encoders', 'seq2seq', 'hf',
+_modules = ('core', 'dist', 'formats', 'quant', 'attention', 'tokenizer', 'data', 'cache', 'models', 'adapters', 'encoders', 'seq2seq', 'hf',
             'peft', 'generate', 'checkpoints', 'plan', 'fsdp', 'loading', 'eval', 'learner', 'cli')
 __all__ = [n for m in _modules for n in _il.import_module(f'llmlite.{m}').__all__]
