@@ -8,6 +8,7 @@ Docs: https://llmlite.github.io/llmlite/all.html.md"""
 __all__ = []
 
 # %% ../nbs/99_all.ipynb #8a76ae20
+from .errors import *
 from .core import *
 from .dist import *
 from .formats import *
@@ -30,9 +31,10 @@ from .loading import *
 from .eval import *
 from .learner import *
 from .cli import *
+from .jobs import *
 
 # %% ../nbs/99_all.ipynb #6e76ea21
 import importlib as _il
-_modules = ('core', 'dist', 'formats', 'quant', 'attention', 'tokenizer', 'data', 'cache', 'models', 'adapters', 'encoders', 'seq2seq', 'hf',
-            'peft', 'generate', 'checkpoints', 'plan', 'fsdp', 'loading', 'eval', 'learner', 'cli')
+_modules = ('errors', 'core', 'dist', 'formats', 'quant', 'attention', 'tokenizer', 'data', 'cache', 'models', 'adapters', 'encoders', 'seq2seq', 'hf',
+            'peft', 'generate', 'checkpoints', 'plan', 'fsdp', 'loading', 'eval', 'learner', 'cli', 'jobs')
 __all__ = [n for m in _modules for n in _il.import_module(f'llmlite.{m}').__all__]

@@ -101,7 +101,9 @@ def _read(d:Path) -> dict:
         check(f.exists(), f"{f}: file not found (an incomplete checkpoint)")
         res[k] = dict(SafetensorsFile(f).items())
     check((d/'state.json').exists(), f"{d/'state.json'}: file not found (an incomplete checkpoint)")
-    res['state'] = read_json(d/'state.json')
+    st = res['state'] = read_json(d/'state.json')
+    check(isinstance(st, dict) and all(k in st for k in ('step', 'optimizer', 'rng')), f"{d/'state.json'}: expected an object with fields step, optimizer and rng")
+    check(type(st['step']) is int and st['step'] == int(d.name[5:]), f"{d/'state.json'}: field 'step' is {st['step']!r}, its directory says {int(d.name[5:])}")
     return res
 
 def checkpoints(path) -> list[Path]:

@@ -1,4 +1,4 @@
-"""Shared helpers: devices and dtypes, seeding, a memory meter, and the error type every module raises on bad input.
+"""Shared helpers: devices and dtypes, seeding, a memory meter, and train/eval modes; the error type (from `errors`) re-exported.
 
 Docs: https://llmlite.github.io/llmlite/core.html.md"""
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 import os, random, threading, time
 from contextlib import contextmanager
 import numpy as np, torch
+from .errors import LLMLiteError, check
 
 # %% auto #0
-__all__ = ['default_device', 'default_dtype', 'as_dtype', 'seed_everything', 'LLMLiteError', 'check', 'rss', 'MemoryMeter',
-           'train_mode']
+__all__ = ['default_device', 'default_dtype', 'as_dtype', 'seed_everything', 'rss', 'MemoryMeter', 'train_mode']
 
 # %% ../nbs/00_core.ipynb #d6ca1d1b
 def default_device():
@@ -38,14 +38,6 @@ def as_dtype(d):
 def seed_everything(seed:int=42):
     "Seed Python, NumPy and torch (all devices) for a reproducible run."
     random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
-
-# %% ../nbs/00_core.ipynb #e5f36b9d
-class LLMLiteError(ValueError):
-    "Bad input: the message names the file, tensor, key or field at fault."
-
-def check(cond, msg:str):
-    "Raise `LLMLiteError(msg)` unless `cond`."
-    if not cond: raise LLMLiteError(msg)
 
 # %% ../nbs/00_core.ipynb #c7d4847a
 def rss() -> int:

@@ -6,14 +6,14 @@ Docs: https://llmlite.github.io/llmlite/formats.html.md"""
 
 # %% ../nbs/02_formats.ipynb #b650727f
 from __future__ import annotations
-import json, math, os, shutil, struct, tempfile
+import collections, json, math, os, shutil, struct, tempfile, warnings
 from pathlib import Path
 import gguf, numpy as np, torch
 from fastcore.basics import patch
 from .core import LLMLiteError, check
 
 # %% auto #0
-__all__ = ['read_json', 'atomic_write', 'write_json', 'write_dir', 'SafetensorsFile', 'GGUFFile']
+__all__ = ['read_json', 'atomic_write_all', 'atomic_write', 'write_json', 'write_dir', 'SafetensorsFile', 'GGUFFile']
 
 # %% ../nbs/02_formats.ipynb #9d995340
 _NONE = object()
@@ -33,15 +33,26 @@ def _fsync(p):
     try: os.fsync(fd)
     finally: os.close(fd)
 
+def atomic_write_all(writes:dict) -> list:
+    "For each `{path: write}`, call `write(tmp_path)` and sync it; only when all succeeded, rename each over its path. A failure (a full disk) names the file and replaces none."
+    tmps = {}
+    try:
+        for path, write in writes.items():
+            path = Path(path)
+            fd, tmps[path] = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp'); os.close(fd)
+            try: write(tmps[path]); _fsync(tmps[path])
+            except LLMLiteError: raise
+            except Exception as e: raise LLMLiteError(f"{path}: could not be written ({type(e).__name__}: {e}); the previous version is untouched") from None
+        for path, tmp in tmps.items(): os.replace(tmp, path)
+        for d in {p.parent for p in tmps}: _fsync(d)
+    finally:
+        for tmp in tmps.values():
+            if os.path.exists(tmp): os.remove(tmp)
+    return list(tmps)
+
 def atomic_write(path, write) -> Path:
     "Call `write(tmp_path)`, sync it to disk, then rename it to `path`: readers see the old file or the new, never a part."
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    os.close(fd)
-    try: write(tmp); _fsync(tmp); os.replace(tmp, path); _fsync(path.parent)
-    finally:
-        if os.path.exists(tmp): os.remove(tmp)
-    return path
+    return atomic_write_all({path: write})[0]
 
 def write_json(path, o, indent:int=2) -> Path:
     "Write `o` as JSON to `path` atomically."
@@ -53,7 +64,9 @@ def write_dir(d, write) -> Path:
     d = Path(d); d.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=d.parent, prefix=f'.tmp-{d.name}-'))
     try:
-        write(tmp)
+        try: write(tmp)
+        except LLMLiteError as e: raise LLMLiteError(str(e).replace(str(tmp), str(d))) from None
+        except Exception as e: raise LLMLiteError(f"{d}: could not be written ({type(e).__name__}: {e}); the previous version is untouched") from None
         for f in tmp.iterdir(): _fsync(f)
         _fsync(tmp)
         old = d.with_name(f'.old-{d.name}-{os.getpid()}') if d.exists() else None
@@ -66,40 +79,73 @@ def write_dir(d, write) -> Path:
 # %% ../nbs/02_formats.ipynb #381b2844
 _st_dtypes = dict(F64=torch.float64, F32=torch.float32, F16=torch.float16, BF16=torch.bfloat16, I64=torch.int64, I32=torch.int32,
                   I16=torch.int16, I8=torch.int8, U8=torch.uint8, BOOL=torch.bool, F8_E4M3=torch.float8_e4m3fn, F8_E5M2=torch.float8_e5m2)
+_MAX_HEADER = 100 * 2**20     # the safetensors library's own limit on the JSON header
+
+def _unique(pairs):
+    "A dict from JSON object `pairs`, refusing a name given twice (json.loads would keep the last silently)."
+    dup = [k for k, n in collections.Counter(k for k, _ in pairs).items() if n > 1]
+    if dup: raise LLMLiteError(f"name {dup[0]!r} appears twice")
+    return dict(pairs)
 
 class SafetensorsFile:
-    "Header of a safetensors file, checked against the file size; tensors are read into fresh memory one at a time."
+    "Header of a safetensors file, checked in full against the file (names, dtypes, shapes, offsets) before any tensor is read."
     def __init__(self, path):
         self.path = p = Path(path)
-        check(p.exists(), f"{p}: file not found")
+        check(p.is_file(), f"{p}: file not found" if not p.exists() else f"{p}: not a regular file")
         size = p.stat().st_size
         with open(p, 'rb') as f:
             raw = f.read(8)
             n = struct.unpack('<Q', raw)[0] if len(raw) == 8 else -1
-            check(0 < n and 8 + n <= size, f"{p}: not a readable safetensors file (no valid header)")
-            try: hdr = json.loads(f.read(n))
-            except Exception as e: raise LLMLiteError(f"{p}: not a readable safetensors file (header is not JSON: {e})") from None
-        self.meta, self.start, self.tensors = hdr.pop('__metadata__', None) or {}, 8 + n, hdr
-        for k, v in hdr.items():
-            dt = _st_dtypes.get(v.get('dtype'))
-            check(dt is not None, f"{p}: tensor {k!r} has unsupported dtype {v.get('dtype')!r}")
-            b, e = v['data_offsets']
-            check(e - b == math.prod(v['shape']) * dt.itemsize, f"{p}: tensor {k!r} holds {e - b} bytes, its shape {v['shape']} needs {math.prod(v['shape']) * dt.itemsize}")
-            check(self.start + e <= size, f"{p}: truncated: tensor {k!r} ends at byte {self.start + e}, the file has {size}")
+            check(0 < n <= _MAX_HEADER and 8 + n <= size, f"{p}: not a readable safetensors file (no valid header)")
+            try: hdr = json.loads(f.read(n), object_pairs_hook=_unique)
+            except Exception as e: raise LLMLiteError(f"{p}: not a readable safetensors file (header: {e})") from None
+        check(isinstance(hdr, dict), f"{p}: not a readable safetensors file (header is not a JSON object)")
+        meta = hdr.pop('__metadata__', None) or {}
+        check(isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values()), f"{p}: __metadata__ must map names to strings")
+        self.meta, self.start, self.tensors = meta, 8 + n, hdr
+        for k, v in hdr.items(): self._check_entry(k, v, size)
+        spans = sorted((v['data_offsets'], k) for k, v in hdr.items() if v['data_offsets'][0] < v['data_offsets'][1])
+        for ((_, e0), a), ((b1, _), b) in zip(spans, spans[1:]):
+            check(b1 >= e0, f"{p}: tensors {a!r} and {b!r} overlap (bytes {b1} to {e0} of the data)")
+
+# %% ../nbs/02_formats.ipynb #9f782715
+@patch
+def _check_entry(self:SafetensorsFile, k, v, size):
+    "Check header entry `v` of tensor `k`: a known dtype, a shape of sizes, offsets in the file that hold exactly the shape's bytes."
+    p = self.path
+    check(isinstance(v, dict) and {'dtype', 'shape', 'data_offsets'} <= v.keys(), f"{p}: tensor {k!r}: the header entry needs dtype, shape and data_offsets, has {sorted(v) if isinstance(v, dict) else type(v).__name__}")
+    dt, s, o = _st_dtypes.get(v['dtype']) if isinstance(v['dtype'], str) else None, v['shape'], v['data_offsets']
+    check(dt is not None, f"{p}: tensor {k!r} has unsupported dtype {v['dtype']!r}")
+    check(isinstance(s, list) and all(type(x) is int and x >= 0 for x in s), f"{p}: tensor {k!r}: shape {s!r} is not a list of sizes >= 0")
+    check(isinstance(o, list) and len(o) == 2 and all(type(x) is int for x in o) and 0 <= o[0] <= o[1],
+          f"{p}: tensor {k!r}: data_offsets {o!r} must be [begin, end] with 0 <= begin <= end")
+    check(o[1] - o[0] == math.prod(s) * dt.itemsize, f"{p}: tensor {k!r} holds {o[1] - o[0]} bytes, its shape {s} needs {math.prod(s) * dt.itemsize}")
+    check(self.start + o[1] <= size, f"{p}: truncated: tensor {k!r} ends at byte {self.start + o[1]}, the file has {size}")
 
 # %% ../nbs/02_formats.ipynb #5e96f96f
+def _finite(t:torch.Tensor, what:str) -> torch.Tensor:
+    "`t`, after a warning naming `what` when it holds NaN or infinite values (loading goes on: the user decides)."
+    if t.is_floating_point() and t.numel() and not torch.isfinite(t).all():
+        warnings.warn(f"{what} holds {int((~torch.isfinite(t)).sum())} NaN or infinite values", stacklevel=3)
+    return t
+
+def _empty(shape, dtype, what:str) -> torch.Tensor:
+    "A fresh tensor, or an error naming `what` when memory cannot hold it."
+    try: return torch.empty(shape, dtype=dtype)
+    except RuntimeError as e: raise LLMLiteError(f"{what}: cannot allocate {math.prod(shape) * dtype.itemsize:,} bytes ({e})") from None
+
 @patch
 def read(self:SafetensorsFile, key:str, r0:int=0, r1:int|None=None) -> torch.Tensor:
     "Tensor `key` (or its rows `r0:r1`), read from disk into its own memory (no memory map kept alive)."
-    v = self.tensors[key]; dt, shape = _st_dtypes[v['dtype']], v['shape']
-    if r1 is None and r0 == 0: t, off = torch.empty(shape, dtype=dt), 0
+    v = self.tensors[key]; dt, shape = _st_dtypes[v['dtype']], v['shape']; what = f"{self.path}: tensor {key!r}"
+    if r1 is None and r0 == 0: t, off = _empty(shape, dt, what), 0
     else:
-        check(len(shape) >= 1 and 0 <= r0 <= (r1 := shape[0] if r1 is None else r1) <= shape[0], f"{self.path}: tensor {key!r} of shape {shape} has no rows {r0}:{r1}")
-        t, off = torch.empty([r1 - r0, *shape[1:]], dtype=dt), r0 * math.prod(shape[1:]) * dt.itemsize
+        check(len(shape) >= 1 and 0 <= r0 <= (r1 := shape[0] if r1 is None else r1) <= shape[0], f"{what} of shape {shape} has no rows {r0}:{r1}")
+        t, off = _empty([r1 - r0, *shape[1:]], dt, what), r0 * math.prod(shape[1:]) * dt.itemsize
     with open(self.path, 'rb') as f:
         f.seek(self.start + v['data_offsets'][0] + off)
         f.readinto(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
-    return t
+    return _finite(t, what)
 
 # %% ../nbs/02_formats.ipynb #91aae772
 @patch
@@ -109,39 +155,51 @@ def items(self:SafetensorsFile):
 
 # %% ../nbs/02_formats.ipynb #5def23c2
 _scalars = {0: '<B', 1: '<b', 2: '<H', 3: '<h', 4: '<I', 5: '<i', 6: '<f', 7: '<?', 10: '<Q', 11: '<q', 12: '<d'}
+_qtypes = {int(q) for q in gguf.GGML_QUANT_SIZES}
 
 class GGUFFile:
-    "Metadata (`meta`, a dict of Python values) and lazily dequantized tensors of a GGUF file."
+    "Metadata (`meta`, a dict of Python values) and lazily dequantized tensors of a GGUF file, its whole header checked first."
     def __init__(self, path):
-        self.path = Path(path)
-        check(self.path.exists(), f"{path}: file not found")
-        self.buf = np.memmap(self.path, mode='r')
+        self.path = p = Path(path)
+        check(p.is_file(), f"{p}: file not found" if not p.exists() else f"{p}: not a regular file")
+        check(p.stat().st_size >= 24, f"{p}: not a GGUF file ({p.stat().st_size} bytes, too short for a header)")
+        self.buf = np.memmap(p, mode='r')
         try: self._parse()
         except LLMLiteError: raise
-        except Exception as e: raise LLMLiteError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
-        for name, (shape, qt, off) in self.tensors.items():
-            bs, ts = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(qt)]
-            n = int(np.prod(shape)) // bs * ts
-            check(off + n <= len(self.buf), f"{path}: truncated: tensor {name!r} ends at byte {off + n}, the file has {len(self.buf)}")
+        except Exception as e: raise LLMLiteError(f"{p}: not a readable GGUF file ({type(e).__name__}: {e})") from None
+        self._check_tensors()
 
 # %% ../nbs/02_formats.ipynb #80786182
 @patch
+def _need(self:GGUFFile, n:int, what:str):
+    check(0 <= n <= len(self.buf) - self.o, f"{self.path}: truncated header: {what} at byte {self.o} needs {n} bytes, {len(self.buf) - self.o} are left")
+
+@patch
 def _read(self:GGUFFile, fmt):
+    self._need(struct.calcsize(fmt), 'a value')
     v = struct.unpack_from(fmt, self.buf, self.o); self.o += struct.calcsize(fmt)
     return v[0]
 
 @patch
 def _str(self:GGUFFile):
-    n = self._read('<Q'); s = bytes(self.buf[self.o:self.o + n]).decode('utf-8', errors='replace'); self.o += n
+    n = self._read('<Q'); self._need(n, 'a string')
+    try: s = bytes(self.buf[self.o:self.o + n]).decode('utf-8')
+    except UnicodeDecodeError: raise LLMLiteError(f"{self.path}: the string at byte {self.o} is not UTF-8") from None
+    self.o += n
     return s
 
 @patch
 def _value(self:GGUFFile, t):
     if t == 8: return self._str()
+    check(t == 9 or t in _scalars, f"{self.path}: unknown GGUF value type {t} at byte {self.o}")
     if t != 9: return self._read(_scalars[t])
     it, n = self._read('<I'), self._read('<Q')
-    if it in (8, 9): return [self._value(it) for _ in range(n)]
-    dt = np.dtype(_scalars[it]); a = np.frombuffer(self.buf, dt, n, self.o).copy(); self.o += n * dt.itemsize
+    check(it == 8 or it in _scalars, f"{self.path}: unknown GGUF array type {it} at byte {self.o}")
+    if it == 8:
+        self._need(n * 8, f'an array of {n} strings')    # each string takes at least its 8-byte length
+        return [self._str() for _ in range(n)]
+    dt = np.dtype(_scalars[it]); self._need(n * dt.itemsize, f'an array of {n} values')
+    a = np.frombuffer(self.buf, dt, n, self.o).copy(); self.o += n * dt.itemsize
     return a.tolist()
 
 # %% ../nbs/02_formats.ipynb #522a571a
@@ -152,23 +210,47 @@ def _parse(self:GGUFFile):
     self.o = 4
     version, nt, nkv = self._read('<I'), self._read('<Q'), self._read('<Q')
     check(version in (2, 3), f"{self.path}: GGUF version {version} is not supported")
+    check(nt <= len(self.buf) and nkv <= len(self.buf), f"{self.path}: the header claims {nt} tensors and {nkv} metadata entries, more than the file's bytes")
     self.meta = {}
     for _ in range(nkv):
-        k = self._str(); self.meta[k] = self._value(self._read('<I'))
-    infos = []
+        k = self._str(); check(k not in self.meta, f"{self.path}: metadata key {k!r} appears twice")
+        self.meta[k] = self._value(self._read('<I'))
+    self.tensors = {}
     for _ in range(nt):
         name = self._str(); nd = self._read('<I')
+        check(name not in self.tensors, f"{self.path}: tensor {name!r} appears twice")
+        check(1 <= nd <= 4, f"{self.path}: tensor {name!r} has {nd} dimensions (GGUF allows 1 to 4)")
         shape = [self._read('<Q') for _ in range(nd)]
-        infos.append((name, shape, self._read('<I'), self._read('<Q')))
-    align = self.meta.get('general.alignment', 32)
-    start = -(-self.o // align) * align
-    self.tensors = {n: (tuple(reversed(s)), qt, start + off) for n, s, qt, off in infos}
+        qt, off = self._read('<I'), self._read('<Q')
+        check(qt in _qtypes, f"{self.path}: tensor {name!r} has unknown type {qt}")
+        check(all(0 < s < 2**53 for s in shape), f"{self.path}: tensor {name!r} has shape {shape}: every size must be > 0")
+        self.tensors[name] = (tuple(reversed(shape)), qt, off)
+    self.align = self.meta.get('general.alignment', 32)
+    check(type(self.align) is int and self.align > 0 and self.align & (self.align - 1) == 0, f"{self.path}: general.alignment {self.align!r} must be a power of two")
+    self.data = -(-self.o // self.align) * self.align
+
+# %% ../nbs/02_formats.ipynb #48ac230e
+@patch
+def _check_tensors(self:GGUFFile):
+    "Check each tensor's offset (aligned, in the file), its byte count (whole blocks of its type) and that tensors neither overlap nor leave gaps wider than the alignment."
+    spans = []
+    for name, (shape, qt, off) in self.tensors.items():
+        q = gguf.GGMLQuantizationType(qt); bs, ts = gguf.GGML_QUANT_SIZES[q]
+        check(shape[-1] % bs == 0, f"{self.path}: tensor {name!r}: rows of {shape[-1]} values are not whole {q.name} blocks of {bs}")
+        check(off % self.align == 0, f"{self.path}: tensor {name!r}: offset {off} is not a multiple of the alignment {self.align}")
+        n = math.prod(shape) // bs * ts
+        check(self.data + off + n <= len(self.buf), f"{self.path}: truncated: tensor {name!r} ends at byte {self.data + off + n}, the file has {len(self.buf)}")
+        spans.append((off, off + n, name))
+    spans.sort()
+    for (_, e0, a), (b1, _, b) in zip(spans, spans[1:]):
+        check(b1 >= e0, f"{self.path}: tensors {a!r} and {b!r} overlap")
+        check(b1 - e0 < self.align, f"{self.path}: {b1 - e0} unclaimed bytes between tensors {a!r} and {b!r}: a tensor's type or shape does not match its data")
 
 # %% ../nbs/02_formats.ipynb #5e9996ad
 @patch
 def get(self:GGUFFile, name) -> torch.Tensor:
     "Tensor `name` dequantized to float32, in PyTorch's (rows, cols) order."
-    shape, qt, off = self.tensors[name]
+    shape, qt, off = self.tensors[name]; off += self.data
     q = gguf.GGMLQuantizationType(qt)
     bs, ts = gguf.GGML_QUANT_SIZES[q]
     n = int(np.prod(shape))
@@ -176,4 +258,4 @@ def get(self:GGUFFile, name) -> torch.Tensor:
     if q == gguf.GGMLQuantizationType.F32: a = raw.view(np.float32)
     elif q == gguf.GGMLQuantizationType.F16: a = raw.view(np.float16)
     else: a = gguf.quants.dequantize(raw.reshape(-1, shape[-1] // bs * ts), q)
-    return torch.from_numpy(np.array(a, dtype=np.float32).reshape(shape))
+    return _finite(torch.from_numpy(np.array(a, dtype=np.float32).reshape(shape)), f"{self.path}: tensor {name!r}")

@@ -22,8 +22,8 @@ from .seq2seq import EncoderDecoder
 # %% auto #0
 __all__ = ['llama_names', 'mpt_names', 'bert_names', 'modernbert_names', 'families', 'gguf_names', 'gguf_archs', 'derived',
            'task_heads', 'KeyMap', 't5_names', 'Family', 'family', 'config_from_hf', 'config_to_hf', 'hf_keymap',
-           'split_fused', 'fuse', 'gguf_config', 'unpermute', 'resolve', 'safetensors_files', 'HFDir', 'open_hf_dir',
-           'build_model', 'hf_class', 'quant_config']
+           'split_fused', 'fuse', 'check_layers', 'check_shapes', 'gguf_config', 'unpermute', 'resolve',
+           'safetensors_files', 'HFDir', 'open_hf_dir', 'build_model', 'hf_class', 'quant_config']
 
 # %% ../nbs/11_hf.ipynb #d637060e
 class KeyMap:
@@ -271,6 +271,12 @@ families = dict(llama=_llama('llama'), mistral=_llama('mistral'), qwen2=_llama('
                 t5=Family('T5ForConditionalGeneration', _t5_from_hf, _t5_to_hf, lambda c: t5_names(c.gated)))
 
 # %% ../nbs/11_hf.ipynb #ff8fec6c
+def _named(src:str, make):
+    "`make()`, with any error it raises about a field (a wrong type, a bad value) turned into an `LLMLiteError` naming file `src`."
+    try: return make()
+    except LLMLiteError as e: raise LLMLiteError(str(e).replace('config:', f'{src}:', 1) if str(e).startswith('config:') else str(e)) from None
+    except (TypeError, ValueError, KeyError, ZeroDivisionError, AttributeError) as e: raise LLMLiteError(f"{src}: a field has the wrong type or value ({type(e).__name__}: {e})") from None
+
 def family(arch:str, src:str='') -> Family:
     "The `Family` of `arch`, or an error naming `src` and the families we have."
     check(arch in families, f"{src + ': ' if src else ''}model_type {arch!r} is not supported; supported: {', '.join(families)}")
@@ -279,7 +285,7 @@ def family(arch:str, src:str='') -> Family:
 def config_from_hf(d:dict, src:str='config.json') -> Config:
     "A `Config` from the dict of a Hugging Face config.json (`src` names the file in errors)."
     check(d.get('model_type') in families, f"{src}: model_type {d.get('model_type')!r} (architectures {d.get('architectures')}) is not supported; supported: {', '.join(families)}")
-    return families[d['model_type']].from_hf(d, src)
+    return _named(src, lambda: families[d['model_type']].from_hf(d, src))
 
 def config_to_hf(c:Config, dtype=torch.float32) -> dict:
     "A Hugging Face config.json dict for `c`."
@@ -317,6 +323,21 @@ def fuse(cfg:Config, sd:dict) -> dict:
         sd = out
     return sd
 
+# %% ../nbs/11_hf.ipynb #040225ca
+_block = re.compile(r'(.*?)blocks\.(\d+)\.')
+
+def check_layers(cfg:Config, names, src:str):
+    "Refuse a checkpoint whose blocks (from our `names` of its tensors) are not the ones config `cfg` asks for."
+    found = {m.groups() for n in names if n and (m := _block.match(n))}
+    want = cfg.n_layers + cfg.n_dec_layers
+    check(len(found) == want, f"{src}: the config asks for {want} layers, the tensors hold {len(found)}")
+
+def check_shapes(model:nn.Module, entries):
+    "Refuse a tensor whose header shape differs from the shape of `model`'s parameter of that name; `entries` yields (file, their name, our name, shape)."
+    want = {n: tuple(p.shape) for n, p in model.named_parameters(remove_duplicate=False)}
+    for f, k, n, shape in entries:
+        if n in want: check(tuple(shape) == want[n], f"{f}: tensor {k!r} has shape {tuple(shape)}, the model expects {want[n]}")
+
 # %% ../nbs/11_hf.ipynb #554b4d59
 gguf_names = {
     'emb': 'token_embd', 'norm': 'output_norm', 'head': 'output',
@@ -336,11 +357,11 @@ def gguf_config(g:GGUFFile) -> Config:
         check(f'{a}.{k}' in m or default is not None, f"{path}: GGUF metadata field '{a}.{k}' is missing")
         return m.get(f'{a}.{k}', default)
     n_heads = f('attention.head_count')
-    return Config(arch=gguf_archs[a], vocab_size=f('vocab_size', g.tensors.get('token_embd.weight', ((0,),))[0][0]), dim=f('embedding_length'),
+    return _named(str(path), lambda: Config(arch=gguf_archs[a], vocab_size=f('vocab_size', g.tensors.get('token_embd.weight', ((0,),))[0][0]), dim=f('embedding_length'),
                   n_layers=f('block_count'), n_heads=n_heads, n_kv_heads=f('attention.head_count_kv', n_heads),
                   head_dim=f('attention.key_length', 0), hidden=f('feed_forward_length'), norm_eps=f('attention.layer_norm_rms_epsilon', 1e-5),
                   rope_base=f('rope.freq_base', 10000.), max_seq_len=f('context_length', 4096), window=f('attention.sliding_window', 0) or None,
-                  qkv_bias='blk.0.attn_q.bias' in g.tensors, tie_embeddings='output.weight' not in g.tensors, name=m.get('general.name', ''))
+                  qkv_bias='blk.0.attn_q.bias' in g.tensors, tie_embeddings='output.weight' not in g.tensors, name=m.get('general.name', '')))
 
 # %% ../nbs/11_hf.ipynb #d0eb084c
 def unpermute(w, n_heads:int):
@@ -384,13 +405,15 @@ class HFDir:
     path:Path; hf:dict; cfg:Config; km:KeyMap; files:list
 
 def open_hf_dir(d) -> HFDir:
-    "Read config.json of directory `d`, check what it says, and open its safetensors files."
+    "Read config.json of directory `d`, check what it says, open its safetensors files and check their blocks against the config."
     d = Path(d); hc = read_json(d/'config.json')
     check(isinstance(hc, dict), f"{d/'config.json'}: expected a JSON object")
     cfg, qc = config_from_hf(hc, str(d/'config.json')), hc.get('quantization_config')
     if qc: check(qc.get('quant_method') in ('bitsandbytes', 'llmlite') and not qc.get('load_in_8bit'),
                  f"{d/'config.json'}: quantization_config {qc.get('quant_method')!r} is not supported (bitsandbytes 4-bit and llmlite only)")
-    return HFDir(d, hc, cfg, hf_keymap(cfg), [SafetensorsFile(f) for f in safetensors_files(d)])
+    km, files = hf_keymap(cfg), [SafetensorsFile(f) for f in safetensors_files(d)]
+    check_layers(cfg, [km.inv(k) for f in files for k in f.tensors], str(d))
+    return HFDir(d, hc, cfg, km, files)
 
 # %% ../nbs/11_hf.ipynb #90b4067f
 def build_model(cfg:Config, hf_class:str|None=None, task:str|None=None) -> nn.Module:

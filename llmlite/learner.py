@@ -24,7 +24,7 @@ from .generate import generate
 from .formats import atomic_write
 
 # %% auto #0
-__all__ = ['Sched', 'const', 'linear', 'cosine', 'join', 'warmup_cosine', 'as_sched', 'adamw', 'Learner', 'scalars',
+__all__ = ['Sched', 'const', 'linear', 'cosine', 'join', 'warmup_cosine', 'as_sched', 'adamw', 'Learner', 'read_log', 'scalars',
            'metric_writers', 'plot_curves']
 
 # %% ../nbs/19_learner.ipynb #ac93b21d
@@ -263,11 +263,28 @@ def save(self:Learner) -> Path:
 @patch
 def load(self:Learner, ck:dict):
     "Restore the run from checkpoint `ck` (from `read_checkpoint`): weights, optimizer, RNG, data position, schedule position."
+    types = dict(lr_mult=(int, float), skip=list, high=list, hist=list, events=list, data=dict, run=dict)
+    for k, t in types.items():
+        check(isinstance(ck['state'].get(k), t), f"{ck['dir']/'state.json'}: field {k!r} is {str(ck['state'].get(k))[:60]!r}, expected {' or '.join(x.__name__ for x in (t if isinstance(t, tuple) else (t,)))}")
     st = load_checkpoint(self.model, self.opt, ck)
     self.data.load_state_dict(st['data'])
     self.step, self.lr_mult, self.skip, self.high, self.events = st['step'], st['lr_mult'], set(st['skip']), st['high'], st['events']
     self.hist.clear(); self.hist.extend(st['hist'])
     self.saved = self.step
+
+# %% ../nbs/19_learner.ipynb #1e61c1ab
+def read_log(p) -> list:
+    "The rows of JSON-lines log `p` ([] when absent). A torn last line (a kill in the middle of a write) is dropped; a bad line before it is an error naming the line."
+    p = Path(p)
+    if not p.exists(): return []
+    lines = [l for l in p.read_text(encoding='utf-8', errors='replace').splitlines()]
+    rows = []
+    for i, l in enumerate(lines, 1):
+        if not l.strip(): continue
+        try: rows.append(json.loads(l))
+        except json.JSONDecodeError as e:
+            check(i == len(lines), f"{p}: line {i} is not JSON ({e.msg} at column {e.colno})")
+    return rows
 
 # %% ../nbs/19_learner.ipynb #ab385332
 @patch
@@ -277,16 +294,16 @@ def _resume(self:Learner):
     got = ck['state']['step'] if ck else -1
     lo, hi = all_reduce([-got, got], 'max')
     check(-lo == hi, f"{self.path}: the ranks found different checkpoints (steps {-lo:.0f} to {hi:.0f}; -1: none): `path` must be a folder every rank sees")
-    if ck is None: return
-    old, new = ck['state']['run'], self.run_config()
-    diff = [f"{k}: saved {old.get(k)} vs now {new[k]}" for k in ('steps', 'accum', 'trainable') if old.get(k) != new[k]]
-    check(not diff, f"{ck['dir']}: a checkpoint of a different run ({'; '.join(diff)[:300]}); use another `path`, or fit(resume=False) to start over")
-    self.load(ck)
+    if ck is not None:
+        old, new = ck['state']['run'], self.run_config()
+        diff = [f"{k}: saved {old.get(k)} vs now {new[k]}" for k in ('steps', 'accum', 'trainable') if old.get(k) != new[k]]
+        check(not diff, f"{ck['dir']}: a checkpoint of a different run ({'; '.join(diff)[:300]}); use another `path`, or fit(resume=False) to start over")
+        self.load(ck)
     if rank() == 0:
-        for f in ('metrics.jsonl', 'samples.jsonl'):         # drop what was logged after the checkpoint: those steps run again
+        for f in ('metrics.jsonl', 'samples.jsonl'):         # drop what was logged after the checkpoint (or all, with none): those steps run again
             p = self.path/f
-            if p.exists(): atomic_write(p, lambda t: Path(t).write_text(''.join(l for l in p.read_text().splitlines(True) if l.strip() and json.loads(l).get('step', 0) <= self.step)))
-    self.event('resume', self.step, checkpoint=ck['dir'].name)
+            if p.exists(): atomic_write(p, lambda t: Path(t).write_text(''.join(json.dumps(r) + '\n' for r in read_log(p) if r.get('step', 0) <= self.step)))
+    if ck is not None: self.event('resume', self.step, checkpoint=ck['dir'].name)
 
 # %% ../nbs/19_learner.ipynb #8dea2898
 def scalars(row:dict, prefix:str='') -> dict:
@@ -345,7 +362,7 @@ def _append(self:Learner, fname:str, row:dict):
 @patch
 def event(self:Learner, kind:str, n:int, **kw):
     "Record an intervention at step `n`: in `events`, in metrics.jsonl, and on screen."
-    e = dict(event=kind, step=n, **kw)
+    e = dict(event=kind, step=n, **{k: _num(v) for k, v in kw.items()})    # state.json holds only finite numbers: a NaN is kept as 'nan'
     self.events.append(e); self._append('metrics.jsonl', e)
     if self._show != 0: print(f"step {n}: {kind} " + ' '.join(f"{k}={_num(v)}" for k, v in kw.items()))
 
@@ -381,6 +398,7 @@ def run_eval(self:Learner, n:int|None=None) -> dict:
 
 # %% ../nbs/19_learner.ipynb #137eba10
 def _text(p): return p[-1]['content'] if isinstance(p, list) and p and isinstance(p[-1], dict) else str(p)
+def _clip(s:str, n:int=70): return s if len(s) <= n else f"{s[:n // 2 - 2]} ... {s[-(n // 2 - 3):]}"
 
 @patch
 def run_samples(self:Learner, n:int|None=None) -> list:
@@ -388,7 +406,7 @@ def run_samples(self:Learner, n:int|None=None) -> list:
     with train_mode(self.model, False): outs = generate(self.model, self.tok, list(self.prompts), self.max_new_tokens)
     row = dict(step=n if n is not None else self.step, samples=[dict(prompt=p, text=o) for p, o in zip(self.prompts, outs)])
     self.samples.append(row); self._append('samples.jsonl', row)
-    if self._show != 0: print(f"step {row['step']}: " + ' | '.join(f"{_text(p)[-40:]!r} -> {o[:60]!r}" for p, o in zip(self.prompts, outs)))
+    if self._show != 0: print(f"step {row['step']}: " + ' | '.join(f"{_clip(_text(p))!r} -> {_clip(o)!r}" for p, o in zip(self.prompts, outs)))
     return outs
 
 # %% ../nbs/19_learner.ipynb #e0947d79
@@ -456,7 +474,7 @@ def fit(self:Learner, epochs:float|None=None, steps:int|None=None, resume:bool=T
         self._writers = []
     if self.path is not None:
         if self.saved != self.step: self.save()
-        if rank() == 0: plot_curves([json.loads(l) for l in (self.path/'metrics.jsonl').read_text().splitlines()] if (self.path/'metrics.jsonl').exists() else self.log, self.path/'curves.png')
+        if rank() == 0: plot_curves(read_log(self.path/'metrics.jsonl') or self.log, self.path/'curves.png')
     return self
 
 # %% ../nbs/19_learner.ipynb #de34b6a0

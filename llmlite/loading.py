@@ -6,19 +6,19 @@ Docs: https://llmlite.github.io/llmlite/loading.html.md"""
 
 # %% ../nbs/17_loading.ipynb #9fcbb303
 from __future__ import annotations
-import re
+import json, re
 from collections import defaultdict
 from pathlib import Path
 import torch, torch.nn as nn, torch.distributed as tdist
 from safetensors.torch import save_file
 from .core import LLMLiteError, check, default_device, default_dtype, as_dtype
 from .dist import world
-from .formats import atomic_write, write_json, GGUFFile
+from .formats import atomic_write_all, GGUFFile
 from .quant import QLinear, quantize_linear, qtensor_from_state, is_skipped, quant_spec
 from .tokenizer import Tokenizer
 from .models import Config, Decoder, check_loaded
 from .hf import (KeyMap, hf_keymap, open_hf_dir, build_model, hf_class, resolve, derived, task_heads, fuse, split_fused, config_to_hf, quant_config,
-                        gguf_config, gguf_names, unpermute)
+                        gguf_config, gguf_names, unpermute, check_layers, check_shapes)
 from .fsdp import shard as fsdp_shard, load_into_shards
 
 # %% auto #0
@@ -97,6 +97,7 @@ def load_hf_dir(d, dtype=None, device=None, quant:dict|None=None, task:str|None=
     h = open_hf_dir(d); d, cfg, km, files = h.path, h.cfg, h.km, h.files
     with torch.device('meta'): model = build_model(cfg, (h.hf.get('architectures') or [None])[0], task)
     stored = {km.inv(k.split('.weight.quant_state.')[0]) for f in files for k in f.tensors if '.weight.quant_state.' in k}
+    check_shapes(model, ((f.path, k, n, v['shape']) for f in files for k, v in f.tensors.items() if (n := km.inv(k)) and n.rsplit('.', 1)[0] not in stored))
     have = {n for n, _ in model.named_parameters(remove_duplicate=False)} if cfg.arch in ('bert', 'modernbert') else None
     items = _stream_safetensors(files, km, cfg, {'head.weight'} if cfg.tie_embeddings else set(), have)
     stream_into(model, items, dtype, device, quant, stored)
@@ -122,7 +123,10 @@ def load_gguf(path, dtype=None, device=None, quant:dict|None=None):
     "Load a GGUF file into a `Decoder` and its `Tokenizer` (None when the file carries none)."
     g = GGUFFile(path)
     cfg = gguf_config(g)
+    km = KeyMap(gguf_names)
+    check_layers(cfg, [km.inv(t) for t in g.tensors], str(path))
     with torch.device('meta'): model = Decoder(cfg)
+    check_shapes(model, ((path, t, km.inv(t), shape) for t, (shape, _, _) in g.tensors.items()))
     stream_into(model, _gguf_items(g, cfg), dtype, device, quant)
     tok = Tokenizer.from_gguf(g) if 'tokenizer.ggml.tokens' in g.meta else None
     return check_loaded(model, str(path)), tok
@@ -173,14 +177,17 @@ def save_model(model, d, tok:Tokenizer|None=None, max_shard:int=5 * 2**30):
         cur[k] = v; size += n
     shards.append(cur)
     names = ['model.safetensors'] if len(shards) == 1 else [f'model-{i + 1:05d}-of-{len(shards):05d}.safetensors' for i in range(len(shards))]
-    for nm, sh in zip(names, shards): atomic_write(d/nm, lambda p: save_file(sh, p, metadata={'format': 'pt'}))
+    writes = {d/nm: (lambda sh: lambda p: save_file(sh, p, metadata={'format': 'pt'}))(sh) for nm, sh in zip(names, shards)}
     if len(shards) > 1:
         idx = dict(metadata=dict(total_size=sum(v.numel() * v.element_size() for v in sd.values())),
                    weight_map={k: nm for nm, sh in zip(names, shards) for k in sh})
-        write_json(d/'model.safetensors.index.json', idx)
+        writes[d/'model.safetensors.index.json'] = lambda p: Path(p).write_text(json.dumps(idx, indent=2) + '\n')
     hc = config_to_hf(cfg, next(model.parameters()).dtype)
     hc['architectures'] = [hf_class(model)]
     if qc := quant_config(model, km): hc['quantization_config'] = qc
-    write_json(d/'config.json', hc)
-    if tok is not None: tok.save(d)
+    writes[d/'config.json'] = lambda p: Path(p).write_text(json.dumps(hc, indent=2) + '\n')
+    if tok is not None: writes |= {d/n: w for n, w in tok.files().items()}
+    atomic_write_all(writes)           # every file written first, then all renamed: a full disk leaves the previous version whole
+    for f in d.glob('model*.safetensors*'):                # shards of an earlier save with another shard count
+        if f not in writes: f.unlink()
     return d

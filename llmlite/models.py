@@ -62,6 +62,10 @@ class Config:
     pad_id:int|None = None      # padding token id, when the format records it (ModernBERT)
 
     def __post_init__(self):
+        for k in ('vocab_size', 'dim', 'n_layers', 'n_heads', 'hidden', 'max_seq_len', 'n_kv_heads', 'head_dim', 'type_vocab_size', 'n_labels', 'n_dec_layers'):
+            v, least = getattr(self, k), 1 if k in ('vocab_size', 'dim', 'n_layers', 'n_heads', 'hidden', 'max_seq_len') else 0
+            check(type(v) is int and v >= least, f"config: {k} must be an integer >= {least}, got {v!r}")
+        check(self.head_dim or self.dim % self.n_heads == 0, f"config: dim ({self.dim}) must be a multiple of n_heads ({self.n_heads}) when head_dim is not given")
         self.n_kv_heads = self.n_kv_heads or self.n_heads
         self.head_dim = self.head_dim or self.dim // self.n_heads
         check(self.n_heads % self.n_kv_heads == 0, f"config: n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")

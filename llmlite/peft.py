@@ -6,13 +6,13 @@ Docs: https://llmlite.github.io/llmlite/peft.html.md"""
 
 # %% ../nbs/12_peft.ipynb #8dc42036
 from __future__ import annotations
-import dataclasses, math, re
+import dataclasses, json, math, re
 from pathlib import Path
 import torch, torch.nn as nn
 from safetensors.torch import save_file
 from .core import LLMLiteError, check
 from .dist import rank, barrier, gathered
-from .formats import read_json, write_json, atomic_write, SafetensorsFile
+from .formats import read_json, atomic_write_all, SafetensorsFile
 from .adapters import AdapterConfig, AdapterLinear, TrainedCopy, dense_weight, dense_copy, linear_layers, adapter_layers, trained_copies, adapter_names, set_adapter
 from .hf import families, hf_keymap
 
@@ -96,8 +96,8 @@ def _write_adapter(model:nn.Module, d:Path, name:str):
                 rank_pattern={p: u.r for p, (u, _) in units.items() if u.r != c.r}, alpha_pattern={p: u.alpha for p, (u, _) in units.items() if u.alpha != c.alpha},
                 target_modules=leaves if same else paths, modules_to_save=sorted(heads) or None, bias='none', fan_in_fan_out=False, init_lora_weights=True, inference_mode=True)
     d.mkdir(parents=True, exist_ok=True)
-    atomic_write(d/'adapter_model.safetensors', lambda f: save_file(sd, f, metadata={'format': 'pt'}))
-    write_json(d/'adapter_config.json', conf)
+    atomic_write_all({d/'adapter_model.safetensors': lambda f: save_file(sd, f, metadata={'format': 'pt'}),      # both files, or neither
+                      d/'adapter_config.json': lambda f: Path(f).write_text(json.dumps(conf, indent=2) + '\n')})
 
 # %% ../nbs/12_peft.ipynb #d4aa460e
 def save_adapter(model:nn.Module, d, name:str|None=None) -> Path:

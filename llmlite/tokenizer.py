@@ -17,7 +17,7 @@ from fastcore.basics import patch
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 from tokenizers import Tokenizer as TkTokenizer
 from .core import LLMLiteError, check
-from .formats import read_json, write_json, atomic_write, GGUFFile
+from .formats import read_json, atomic_write_all, GGUFFile
 
 # %% auto #0
 __all__ = ['chatml_template', 'eot_tokens', 'gguf_pre_splits', 'compile_chat_template', 'render_chat', 'Tokenizer',
@@ -160,14 +160,19 @@ def from_dir(cls:Tokenizer, path) -> Tokenizer:
 
 # %% ../nbs/05_tokenizer.ipynb #e2cb6b3a
 @patch
-def save(self:Tokenizer, path) -> Path:
-    "Write tokenizer.json and tokenizer_config.json to the directory `path`, readable by `transformers.AutoTokenizer`."
-    path = Path(path); path.mkdir(parents=True, exist_ok=True)
-    atomic_write(path/'tokenizer.json', lambda f: self.tk.save(f))
+def files(self:Tokenizer) -> dict:
+    "`{file name: write(path)}` of the files that hold this tokenizer, readable by `transformers.AutoTokenizer`."
     toks = dict(bos_token=self.bos_token, eos_token=self.eos_token, unk_token=self.unk_token, pad_token=self.pad_token)
     cfg = {'tokenizer_class': 'PreTrainedTokenizerFast', 'clean_up_tokenization_spaces': False, **self.config}
     cfg.update({k: v for k, v in toks.items() if v is not None}, chat_template=self.chat_template)
-    write_json(path/'tokenizer_config.json', cfg)
+    return {'tokenizer.json': lambda f: self.tk.save(str(f)),
+            'tokenizer_config.json': lambda f: Path(f).write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + '\n', encoding='utf-8')}
+
+@patch
+def save(self:Tokenizer, path) -> Path:
+    "Write tokenizer.json and tokenizer_config.json to the directory `path`, together (`atomic_write_all`)."
+    path = Path(path); path.mkdir(parents=True, exist_ok=True)
+    atomic_write_all({path/n: w for n, w in self.files().items()})
     return path
 
 # %% ../nbs/05_tokenizer.ipynb #e735a4d3

@@ -261,7 +261,7 @@ def test_torchrun_finetune(smol_path, tmp_path):
     "`torchrun --nproc_per_node 2 llmlite finetune`: sharded over 2 gloo ranks, rank 0 alone prints and writes, the losses and adapter are one process's."
     from llmlite.loading import save_model
     from llmlite.tokenizer import Tokenizer
-    from llmlite.cli import finetune, Finetune
+    from llmlite.jobs import finetune, Finetune
     torch.manual_seed(0)   # dim 256, 2 kv heads: every NF4 weight splits over 2 ranks
     save_model(Decoder(Config(vocab_size=49152, dim=256, n_layers=2, n_heads=4, n_kv_heads=2, hidden=512, tie_embeddings=True)), tmp_path/'model', Tokenizer.from_gguf(smol_path))
     recs = [dict(messages=[dict(role='user', content=f'Say {w}.'), dict(role='assistant', content=w)]) for w in ['red', 'green', 'blue', 'cyan'] * 4]
