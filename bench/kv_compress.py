@@ -12,7 +12,8 @@ Budgets are fractions of each example's sequence (prompt + answer tokens); 100 %
 tests show every strategy at 100 %/16 bits equals it, so it is run once). Sized for a shared 2-core CPU: few examples per
 task and mostly <= 4k tokens; `--lengths`/`--n` scale it up.
 
-Usage: nice python bench/kv_compress.py [--lengths 1024,2048,4096] [--n 2] [--speed-len 8192] [--out bench/results]
+Usage: nice python bench/kv_compress.py [--lengths 512] [--n 1] [--speed-len 8000] [--parts acc,speed] [--shard 0/2] [--out bench/results]
+       python bench/kv_compress.py --report   (table, targets and plot from the results)
 """
 import argparse, json, os, random, statistics, time
 from pathlib import Path
@@ -167,15 +168,15 @@ def report(out):
                   f"{v['tok_s'] / sp['speed']['full']['tok_s']:.2f}x, cache {v['bytes'] / 2**20:.1f} MiB; load {sp['load']}")
     plot(rows, out/'kv_compress.png')
 
-def main(lengths, n, speed_len, out, shard):
+def main(lengths, n, speed_len, out, shard, parts):
     torch.manual_seed(0)
     torch.set_num_threads(1)     # on a CPU shared by many processes, one thread per process avoids thread-pool stalls
     out.mkdir(parents=True, exist_ok=True)
     model, tok = load(default_model())
     i, k = map(int, shard.split('/'))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread, model dtype {model.emb.weight.dtype}, shard {shard}, load {os.getloadavg()}", flush=True)
-    accuracy(model, tok, lengths, n, CONFIGS[i::k], out/f'acc{i}.jsonl')
-    if i == 0 and speed_len:
+    if 'acc' in parts: accuracy(model, tok, lengths, n, CONFIGS[i::k], out/f'acc{i}.jsonl')
+    if 'speed' in parts:
         sp = speed(model, tok, speed_len, [('full', None), ('window 25%', CacheConfig('window', .25)), ('window 25% 4b', CacheConfig('window', .25, bits=4)),
                                           ('heavy 25%', CacheConfig('heavy', .25))])
         (out/'speed.json').write_text(json.dumps(dict(speed=sp, len=speed_len, load=os.getloadavg())))
@@ -193,12 +194,13 @@ def plot(rows, path):
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser()
-    ap.add_argument('--lengths', default='1024,2048,4096')
+    ap.add_argument('--lengths', default='512')
     ap.add_argument('--n', type=int, default=1)
     ap.add_argument('--speed-len', type=int, default=8000)
     ap.add_argument('--out', default='bench/results')
+    ap.add_argument('--parts', default='acc,speed', help='acc (the suite), speed (decode tok/s)')
     ap.add_argument('--shard', default='0/1', help='run configs i, i+n, ... (i/n), to spread the runs over processes')
     ap.add_argument('--report', action='store_true', help='print the table and targets, draw the plot from the results in --out')
     a = ap.parse_args()
     if a.report: report(Path(a.out))
-    else: main([int(x) for x in a.lengths.split(',')], a.n, a.speed_len, Path(a.out), a.shard)
+    else: main([int(x) for x in a.lengths.split(',')], a.n, a.speed_len, Path(a.out), a.shard, a.parts.split(','))
