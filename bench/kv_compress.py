@@ -95,8 +95,8 @@ def cache_bytes(model, n_tokens, cfg):
     return kv.nbytes if cfg is not None else sum(t.numel() * t.element_size() for t in kv.k + kv.v)
 
 STRATS = ('window', 'heavy', 'l2', 'random', 'hybrid')
-CONFIGS = ([('full', 1.0, 16, None)] + [('full', 1.0, b, CacheConfig('full', bits=b)) for b in (8, 4, 2)]
-           + [(s, b, 16, CacheConfig(s, b)) for b in (.5, .25, .1) for s in STRATS])
+CONFIGS = [('full', 1.0, 16, None)] + [c for b, bits in ((.25, 4), (.1, 8), (.5, 2)) for c in
+           [(s, b, 16, CacheConfig(s, b)) for s in STRATS] + [('full', 1.0, bits, CacheConfig('full', bits=bits))]]   # the 25 % budget first
 
 def window_state(full:dict, n_layers:int, L:int, caps:list, cfg:CacheConfig) -> dict:
     "A compressed cache's state built from a full cache's (sinks + latest tokens of each layer), to time decoding without a second long prefill."
@@ -135,7 +135,9 @@ def accuracy(model, tok, lengths, n, cfgs, out):
     ex = suite(tok, lengths, n)
     print(f"suite: {len(ex)} examples, prompt tokens {min(len(e[2]) for e in ex)}..{max(len(e[2]) for e in ex)}", flush=True)
     t0 = time.perf_counter()
+    done = {(r['strategy'], r['budget'], r['bits']) for f in out.parent.glob('acc*.jsonl') for r in map(json.loads, f.read_text().splitlines())}
     for strat, budget, bits, cfg in cfgs:
+        if (strat, budget, bits) in done: continue     # measured by an earlier (interrupted) run
         acc = {}
         for task, L, ids, ans in ex: acc.setdefault(task, []).append(score(run(model, tok, ids, cfg, NEW[task]), ans))
         r = dict(strategy=strat, budget=budget, bits=bits, acc={k: sum(v) / len(v) for k, v in acc.items()}, mem_4k=cache_bytes(model, 4096, cfg))

@@ -1,5 +1,5 @@
 "KV-cache compression on the real SmolLM2-135M-Instruct: exact at a full budget, compressed prefixes continue exactly, bad settings refused."
-import json
+import json, subprocess, sys
 import pytest, torch
 from dataclasses import asdict
 from llmlite.core import LLMLiteError
@@ -45,3 +45,12 @@ def test_bad_cache_settings(smol):
     with pytest.raises(LLMLiteError, match="over the model's context of 8192"): generate(model, tok, 'Hi', 4, cache=CacheConfig('heavy', 9000))
     with pytest.raises(LLMLiteError, match='must be > 0'): CacheConfig('heavy', -3)
     with pytest.raises(LLMLiteError, match="strategy 'snap' is unknown"): CacheConfig('snap', .5)
+
+def test_cli_cache_flags(smol):
+    model, tok = smol
+    cli = [sys.executable, '-c', 'from llmlite.cli import main; main()', 'generate', '--prompt', 'Name three colours.', '--max-new-tokens', '12']
+    r = subprocess.run(cli + ['--cache-strategy', 'heavy', '--cache-budget', '0.5', '--cache-bits', '4'], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == generate(model, tok, [dict(role='user', content='Name three colours.')], 12, cache=CacheConfig('heavy', .5, bits=4)).strip()
+    r = subprocess.run(cli + ['--cache-budget', '0'], capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and 'cache_budget=0.0: must be > 0' in r.stderr
