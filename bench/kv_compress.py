@@ -9,8 +9,12 @@ The suite (seeded, made here; haystacks of plain English filler sentences):
 Score per example: the share of the expected answers found in the completion (1/0 for the needles).
 
 Budgets are fractions of each example's sequence (prompt + answer tokens); 100 % at 16 bits is the plain cache (the exactness
-tests show every strategy at 100 %/16 bits equals it, so it is run once). Sized for a shared 2-core CPU: few examples per
-task and mostly <= 4k tokens; `--lengths`/`--n` scale it up.
+tests show every strategy at 100 %/16 bits equals it, so it is run once). "16 bits" is the model's dtype (fp32 on CPU).
+The default size is for a 2-core CPU shared by many processes (load average 20+ when it was run): one example per task
+and length, haystacks of `--lengths` words-worth of tokens; `--lengths 1024,2048,4096 --n 4` is the suite the issue means,
+for a machine that has the hours. Decode speed is timed after one real `--speed-len`-token prefill: the compressed caches
+are built from that full cache's state (its sinks and latest tokens), so no second long prefill is needed; a decoding
+step's cost does not depend on which tokens are kept.
 
 Usage: nice python bench/kv_compress.py [--lengths 512] [--n 1] [--speed-len 8000] [--parts acc,speed] [--shard 0/2] [--out bench/results]
        python bench/kv_compress.py --report   (table, targets and plot from the results)
