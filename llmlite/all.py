@@ -16,6 +16,7 @@ from .quant import *
 from .attention import *
 from .tokenizer import *
 from .data import *
+from .cache import *
 from .store import *
 from .models import *
 from .adapters import *
@@ -35,6 +36,6 @@ from .jobs import *
 
 # %% ../nbs/99_all.ipynb #6e76ea21
 import importlib as _il
-_modules = ('errors', 'core', 'dist', 'formats', 'quant', 'attention', 'tokenizer', 'data', 'models', 'adapters', 'encoders', 'seq2seq', 'hf',
+_modules = ('errors', 'core', 'dist', 'formats', 'quant', 'attention', 'tokenizer', 'data', 'cache', 'models', 'adapters', 'store', 'encoders', 'seq2seq', 'hf',
             'peft', 'generate', 'checkpoints', 'plan', 'fsdp', 'loading', 'eval', 'learner', 'cli', 'jobs')
 __all__ = [n for m in _modules for n in _il.import_module(f'llmlite.{m}').__all__]

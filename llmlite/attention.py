@@ -169,3 +169,20 @@ class KVCache:
         self.k[i][:, :, self.pos:self.pos + T] = k
         self.v[i][:, :, self.pos:self.pos + T] = v
         return self.k[i][:, :, :self.pos + T], self.v[i][:, :, :self.pos + T]
+
+    def attend(self, i:int, q, k, v, mask=None, window=None, scale=None, alibi=None, bias=None):
+        "Store layer `i`'s new keys/values, then attend `q` over all keys so far (the call the attention layers make)."
+        return attend(q, *self.update(i, k, v), mask, window, scale, alibi=alibi, bias=bias)
+
+    def state(self) -> dict:
+        "Every layer's keys and values so far, named for a file (`k.0`, `v.0`, ...)."
+        return {f'{x}.{i}': t[:, :, :self.pos].clone() for x, ts in (('k', self.k), ('v', self.v)) for i, t in enumerate(ts)}
+
+    def load(self, state:dict, n_tokens:int):
+        "Continue after `n_tokens` tokens whose keys and values are `state` (from `state()`)."
+        miss = [f'{x}.{i}' for x in 'kv' for i in range(len(self.k)) if f'{x}.{i}' not in state]
+        check(not miss, f"KV cache state: tensors {', '.join(miss[:4])} missing")
+        for x, ts in (('k', self.k), ('v', self.v)):
+            for i, t in enumerate(ts): t[:, :, :n_tokens] = state[f'{x}.{i}']
+        self.valid[:, :n_tokens] = True
+        self.pos = n_tokens

@@ -169,8 +169,11 @@ class Generate:
     top_p:float|None = None      # sample among the likeliest tokens of total probability p
     stop:str|None = None         # stop at this string
     seed:int|None = None         # sampling seed
+    cache_strategy:Literal['full', 'window', 'heavy', 'l2', 'random', 'hybrid'] = 'full' # KV-cache eviction (the strategies of `cache.CacheConfig`; full: keep every token)
+    cache_budget:float = 1.       # KV-cache tokens kept per layer: a fraction of the sequence (<= 1) or a count (> 1)
+    cache_bits:Literal[16, 8, 4, 2] = 16 # KV-cache bits per key and value (16: the model's dtype)
     inputs = ('adapter',)
-    def __post_init__(self): validate(self, positive='max_new_tokens top_k top_p', nonneg='temperature')
+    def __post_init__(self): validate(self, positive='max_new_tokens top_k top_p cache_budget', nonneg='temperature')
 
 # %% ../nbs/20_cli.ipynb #e0564216
 @dataclass

@@ -7,12 +7,13 @@ Docs: https://llmlite.github.io/llmlite/generate.html.md"""
 # %% ../nbs/13_generate.ipynb #6811e5f0
 from __future__ import annotations
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, asdict
 from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from .core import check
 from .formats import atomic_write, SafetensorsFile
+from .cache import CacheConfig
 from .seq2seq import EncoderDecoder
 
 # %% auto #0
@@ -35,12 +36,12 @@ def sample(logits, temperature:float=0., top_k:int|None=None, top_p:float|None=N
 # %% ../nbs/13_generate.ipynb #75b0a333
 @dataclass
 class Prefix:
-    "The KV cache of a shared prompt beginning: its text, token ids and per-layer keys/values (1, H, T, D)."
+    "The KV cache of a shared prompt beginning: its text, token ids and the cache's state (`k.0`, `v.0`, ...: (1, H, T, D))."
     text:str
     ids:list
-    k:list
-    v:list
+    state:dict
     chat:bool = False    # made from chat messages (encoded without special tokens, like a rendered chat)
+    cache:CacheConfig|None = None   # the compression it was made with (None: every key and value)
 
 def _sig(model) -> dict:
     c = model.cfg
@@ -53,40 +54,42 @@ def _render(tok, prompt, generation_prompt=True):
     return tok.apply_chat_template(list(prompt), add_generation_prompt=generation_prompt), True
 
 @torch.no_grad()
-def make_prefix(model, tok, prompt) -> Prefix:
-    "Compute the KV cache of `prompt` (a string, or chat messages rendered without a generation prompt)."
+def make_prefix(model, tok, prompt, cache:CacheConfig|None=None) -> Prefix:
+    "Compute the KV cache of `prompt` (a string, or chat messages rendered without a generation prompt), compressed as `cache` says."
     text, chat = _render(tok, prompt, generation_prompt=False)
     ids = tok.encode(text, special=not chat)
-    cache = model.new_cache(1, len(ids))
-    model(torch.tensor([ids], device=cache.valid.device), cache=cache, last=True)
-    return Prefix(text, ids, [k.clone() for k in cache.k], [v.clone() for v in cache.v], chat)
+    kv = model.new_cache(1, len(ids), config=cache)
+    model(torch.tensor([ids], device=kv.valid.device), cache=kv, last=True)
+    return Prefix(text, ids, kv.state(), chat, cache)
 
 
 # %% ../nbs/13_generate.ipynb #2e090f68
 def save_prefix(p:Prefix, path, model):
     "Write prefix cache `p` (made by `model`) to the safetensors file `path`, atomically."
-    ts = {f'k.{i}': k.contiguous() for i, k in enumerate(p.k)} | {f'v.{i}': v.contiguous() for i, v in enumerate(p.v)}
-    ts['ids'] = torch.tensor(p.ids, dtype=torch.long)
-    meta = dict(text=p.text, chat=json.dumps(p.chat), model=json.dumps(_sig(model)))
+    ts = {n: t.contiguous() for n, t in p.state.items()} | dict(ids=torch.tensor(p.ids, dtype=torch.long))
+    meta = dict(text=p.text, chat=json.dumps(p.chat), model=json.dumps(_sig(model))) | ({} if p.cache is None else dict(cache=json.dumps(asdict(p.cache))))
     atomic_write(path, lambda f: save_file(ts, f, metadata=meta))
     return Path(path)
 
-def load_prefix(path, model) -> Prefix:
-    "Read a prefix cache saved by `save_prefix`, checking it was made by a model of `model`'s shape."
+def load_prefix(path, model, cache:CacheConfig|None=None) -> Prefix:
+    "Read a prefix cache saved by `save_prefix`, checking it was made by a model of `model`'s shape (and with the `cache` settings, when given)."
     path, f = Path(path), SafetensorsFile(path)
     meta, ts = f.meta, {k: t.to(model.emb.weight.device) for k, t in f.items()}
     check('model' in meta and 'ids' in ts, f"{path}: not a prefix cache (no 'model' metadata or 'ids' tensor)")
     got, want = json.loads(meta['model']), _sig(model)
     bad = [f"{k}: file {got.get(k)} vs model {v}" for k, v in want.items() if got.get(k) != v]
     check(not bad, f"{path}: prefix cache made by another model ({'; '.join(bad)})")
-    n = want['n_layers']
-    dt = model.emb.weight.dtype
-    return Prefix(meta['text'], ts['ids'].tolist(), [ts[f'k.{i}'].to(dt) for i in range(n)], [ts[f'v.{i}'].to(dt) for i in range(n)], json.loads(meta['chat']))
+    made = CacheConfig(**json.loads(meta['cache'])) if 'cache' in meta else None
+    check(cache is None or cache == made, f"{path}: prefix cache made with cache settings {made}, not {cache}")
+    ids = ts.pop('ids').tolist()
+    model.new_cache(1, len(ids), config=made).load(ts, len(ids))    # fails here, naming the tensor, if the state does not fit
+    return Prefix(meta['text'], ids, ts, json.loads(meta['chat']), made)
 
 # %% ../nbs/13_generate.ipynb #4bc946fb
 @torch.no_grad()
 def generate_ids(model, ids:list, max_new_tokens:int=256, temperature:float=0., top_k:int|None=None, top_p:float|None=None,
-                 stop_ids=(), prefix:Prefix|None=None, seed:int|None=None, pad_id:int=0):
+                 stop_ids=(), prefix:Prefix|None=None, seed:int|None=None, pad_id:int=0,
+                 cache:CacheConfig|None=None): # KV-cache compression (None: every key and value, or the prefix's settings)
     "Yield a (B,) tensor of new tokens per step for the batch of token-id lists `ids` (after the optional `prefix`)."
     dev = model.emb.weight.device
     B, L, P = len(ids), max(len(i) for i in ids), len(prefix.ids) if prefix else 0
@@ -95,10 +98,10 @@ def generate_ids(model, ids:list, max_new_tokens:int=256, temperature:float=0., 
         ctx = model.cfg.max_seq_len
         check(P + L < ctx, f"prompt of {P + L} tokens does not fit the model's context of {ctx} tokens (config field max_seq_len)")
         max_new_tokens = min(max_new_tokens, ctx - P - L)
-    cache = model.new_cache(B, P + L + max_new_tokens)
-    if prefix:
-        for c, p in zip(cache.k + cache.v, prefix.k + prefix.v): c[:, :, :P] = p
-        cache.valid[:, :P] = True; cache.pos = P
+    if prefix is not None and cache is None: cache = prefix.cache
+    check(prefix is None or prefix.cache == cache, f"the prefix cache was made with cache settings {prefix and prefix.cache}, not {cache}: make it with the same CacheConfig")
+    kv = model.new_cache(B, P + L + max_new_tokens, config=cache)
+    if prefix: kv.load(prefix.state, P)
     x = torch.full((B, L), pad_id, dtype=torch.long, device=dev)
     valid = torch.zeros(B, L, dtype=torch.bool, device=dev)
     for r, i in enumerate(ids):
@@ -106,14 +109,14 @@ def generate_ids(model, ids:list, max_new_tokens:int=256, temperature:float=0., 
     g = torch.Generator(dev).manual_seed(seed) if seed is not None else None
     stop = torch.tensor(sorted(set(stop_ids)) or [-1], device=dev)
     done = torch.zeros(B, dtype=torch.bool, device=dev)
-    logits = model(x, cache=cache, valid=valid, last=True)
+    logits = model(x, cache=kv, valid=valid, last=True)
     for _ in range(max_new_tokens):
         t = sample(logits[:, -1], temperature, top_k, top_p, g)
         t = torch.where(done, pad_id, t)
         yield t
         done |= torch.isin(t, stop)
         if bool(done.all()): return
-        logits = model(t[:, None], cache=cache, last=True)
+        logits = model(t[:, None], cache=kv, last=True)
 
 # %% ../nbs/13_generate.ipynb #3b7be911
 def _is_batch(prompt):
@@ -145,13 +148,13 @@ def _finish(tok, ids, stop_ids, strs):
 
 # %% ../nbs/13_generate.ipynb #f1b4dd6f
 def generate(model, tok, prompt, max_new_tokens:int=256, temperature:float=0., top_k:int|None=None, top_p:float|None=None,
-             stop=None, prefix:Prefix|None=None, seed:int|None=None):
+             stop=None, prefix:Prefix|None=None, seed:int|None=None, cache:CacheConfig|None=None):
     "Complete `prompt` (a string, chat messages, or a list of either): returns the new text (or a list of texts)."
     batch = _is_batch(prompt)
     prompts = list(prompt) if batch else [prompt]
     stop_ids, strs = _stops(tok, stop)
     out = [[] for _ in prompts]
-    for t in generate_ids(model, [_encode(tok, p, prefix) for p in prompts], max_new_tokens, temperature, top_k, top_p, stop_ids, prefix, seed, tok.pad_id):
+    for t in generate_ids(model, [_encode(tok, p, prefix) for p in prompts], max_new_tokens, temperature, top_k, top_p, stop_ids, prefix, seed, tok.pad_id, cache):
         for o, x in zip(out, t.tolist()): o.append(x)
         if strs and all(_finish(tok, o, stop_ids, strs)[1] for o in out): break
     res = [_finish(tok, o, stop_ids, strs)[0] for o in out]
@@ -160,11 +163,11 @@ def generate(model, tok, prompt, max_new_tokens:int=256, temperature:float=0., t
 
 # %% ../nbs/13_generate.ipynb #70582feb
 def stream(model, tok, prompt, max_new_tokens:int=256, temperature:float=0., top_k:int|None=None, top_p:float|None=None,
-           stop=None, prefix:Prefix|None=None, seed:int|None=None):
+           stop=None, prefix:Prefix|None=None, seed:int|None=None, cache:CacheConfig|None=None):
     "Yield the completion of one `prompt` piece by piece as tokens are generated."
     stop_ids, strs = _stops(tok, stop)
     ids, sent = [], 0
-    for t in generate_ids(model, [_encode(tok, prompt, prefix)], max_new_tokens, temperature, top_k, top_p, stop_ids, prefix, seed, tok.pad_id):
+    for t in generate_ids(model, [_encode(tok, prompt, prefix)], max_new_tokens, temperature, top_k, top_p, stop_ids, prefix, seed, tok.pad_id, cache):
         if t.item() in stop_ids: break
         ids.append(t.item())
         text, hit = _cut(tok.decode(ids), strs)

@@ -21,6 +21,7 @@ from .data import chat_data, prompt_data, text_data, read_records, mix
 from .store import tokenize, store_data
 from .tokenizer import Tokenizer
 from .eval import evaluate
+from .cache import CacheConfig
 from .generate import generate, stream
 from .learner import Learner, const, linear, cosine
 from .dist import init_from_env, rank, world
@@ -130,7 +131,9 @@ def _load(o, quant=None):
 def run_generate(o:Generate):
     model, tok = _load(o, o.quant)
     prompt = [dict(role='user', content=o.prompt)] if o.chat else o.prompt
-    for piece in stream(model, tok, prompt, o.max_new_tokens, o.temperature, o.top_k, o.top_p, stop=o.stop, seed=o.seed): print(piece, end='', flush=True)
+    b = o.cache_budget
+    cache = None if (o.cache_strategy, b, o.cache_bits) == ('full', 1, 16) else CacheConfig(o.cache_strategy, int(b) if b > 1 else b, o.cache_bits)
+    for piece in stream(model, tok, prompt, o.max_new_tokens, o.temperature, o.top_k, o.top_p, stop=o.stop, seed=o.seed, cache=cache): print(piece, end='', flush=True)
     print()
 
 # %% ../nbs/20_jobs.ipynb #66e67ee0

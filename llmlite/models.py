@@ -12,6 +12,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from fastcore.basics import patch
 from .core import LLMLiteError, check
 from .attention import RMSNorm, rope_freqs, rope_cos_sin, apply_rope, alibi_slopes, attn_mask, attend, KVCache
+from .cache import CacheConfig, Cache, layer_budgets
 
 # %% auto #0
 __all__ = ['acts', 'configs', 'Config', 'make_norm', 'Attention', 'MLP', 'Block', 'make_block', 'Decoder', 'blocks',
@@ -165,8 +166,9 @@ class Attention(nn.Module):
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k, v = ctx if isinstance(ctx, tuple) else self.kv(x if ctx is None else ctx)
         if rope is not None: q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if cache is not None and ctx is None: k, v = cache.update(layer, k, v)
-        return self.wo(attend(q, k, v, mask, window, self.scale, alibi=alibi, bias=bias).transpose(1, 2).reshape(B, T, -1))
+        if cache is not None and ctx is None: o = cache.attend(layer, q, k, v, mask, window, self.scale, alibi=alibi, bias=bias)
+        else: o = attend(q, k, v, mask, window, self.scale, alibi=alibi, bias=bias)
+        return self.wo(o.transpose(1, 2).reshape(B, T, -1))
 
 
 # %% ../nbs/07_models.ipynb #5f9f5772
@@ -273,11 +275,13 @@ class Decoder(nn.Module):
 
 # %% ../nbs/07_models.ipynb #05f70e13
 @patch
-def new_cache(self:Decoder, bs:int, max_len:int, device=None, dtype=None) -> KVCache:
+def new_cache(self:Decoder, bs:int, max_len:int, device=None, dtype=None,
+              config:CacheConfig|None=None) -> KVCache|Cache: # compression settings (None: keep every key and value)
     "An empty KV cache for `bs` sequences of up to `max_len` tokens, on the model's device and dtype."
-    p = self.emb.weight
-    c = self.cfg
-    return KVCache(c.n_layers, bs, c.n_kv_heads, c.head_dim, max_len, device or p.device, dtype or p.dtype)
+    p, c = self.emb.weight, self.cfg
+    dev, dt = device or p.device, dtype or p.dtype
+    if config is None: return KVCache(c.n_layers, bs, c.n_kv_heads, c.head_dim, max_len, dev, dt)
+    return Cache(config, layer_budgets(config, c.n_layers, max_len, c.max_seq_len), bs, c.n_kv_heads, c.head_dim, max_len, dev, dt)
 
 
 # %% ../nbs/07_models.ipynb #1b742503

@@ -79,7 +79,7 @@ def test_prefix_cache_round_trip(smol, tmp_path):
     p = make_prefix(model, tok, docs)
     save_prefix(p, tmp_path/'docs.safetensors', model)
     q = load_prefix(tmp_path/'docs.safetensors', model)
-    assert q.ids == p.ids and all(torch.equal(a, b) for a, b in zip(q.k, p.k))
+    assert q.ids == p.ids and q.state.keys() == p.state.keys() and all(torch.equal(q.state[n], t) for n, t in p.state.items())
     chat = docs + [dict(role='user', content='Which function writes an adapter?')]
     with_cache = generate(model, tok, chat, max_new_tokens=20, prefix=q)
     rest = tok.encode(tok.apply_chat_template(chat)[len(q.text):], special=False)
