@@ -14,7 +14,7 @@ import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 import matplotlib.pyplot as plt
 from torch.distributed.tensor import DTensor
 from fastcore.basics import patch, store_attr
-from .core import check, train_mode
+from .core import check, train_mode, native_bf16
 from .dist import rank, world, barrier, all_reduce
 from .data import lm_loss, label_loss, model_args, is_causal
 from .models import checkpoint_blocks
@@ -100,7 +100,7 @@ class Learner:
                  tok=None, # tokenizer, for evaluation tasks and prompts
                  show_every:int|None=None, # print a progress line every n steps (default: 20 lines per run; 0: quiet)
                  loss_fn=None, # loss_fn(logits, labels) -> scalar; default `lm_loss` for a causal decoder, else `label_loss` (labels in place)
-                 precision:str='auto', # 'auto' (bf16 autocast on GPU, fp32 on CPU), 'bf16' or 'fp32'
+                 precision:str='auto', # 'auto' (bf16 autocast where the device multiplies bf16 natively, see `native_bf16`; else fp32), 'bf16' or 'fp32'
                  log_to='auto'): # metrics also to 'tensorboard' (under path/tb) and/or 'wandb'; 'auto': those installed (wandb when WANDB_PROJECT is set)
         check(all(hasattr(data, a) for a in ('batch', 'state_dict', 'load_state_dict')), f"data: {type(data).__name__} is not a loader (see llmlite.data: text_data, prompt_data, chat_data, cls_data, mlm_data, seq2seq_data, mix)")
         check(accum >= 1 and snap_every >= 1 and keep >= 1 and spike_steps >= 1, "accum, snap_every, keep and spike_steps must be >= 1")
@@ -118,7 +118,7 @@ class Learner:
         self.scheds = dict(lr=warmup_cosine(lr) if isinstance(lr, Real) else as_sched(lr, 'lr'), wd=as_sched(wd, 'wd'), eps=as_sched(eps, 'eps'),
                            beta1=as_sched(b1, 'betas[0]'), beta2=as_sched(b2, 'betas[1]'))
         self.device = self.params[0].device
-        self.bf16 = precision == 'bf16' or (precision == 'auto' and self.device.type == 'cuda' and torch.cuda.is_bf16_supported())
+        self.bf16 = precision == 'bf16' or (precision == 'auto' and native_bf16(self.device))
         self._causal = is_causal(model)
         self._keep = self._causal and 'keep' in inspect.signature(model.forward).parameters
         self.loss_fn = loss_fn or (lm_loss if self._causal else label_loss)
@@ -193,7 +193,7 @@ def one_step(self:Learner, n:int) -> dict:
     if ok: self.opt.step()
     self.opt.zero_grad(set_to_none=True)
     self.data.step = n * self.accum
-    return dict(step=n, loss=loss, grad_norm=gn, tokens=ntok, **h, ok=ok)
+    return dict(step=n, loss=loss, grad_norm=gn, tokens=ntok, **h, ok=ok, precision='bf16' if self.bf16 else 'fp32')
 
 # %% ../nbs/19_learner.ipynb #afaa1dd2
 _MIN_HISTORY, _SPIKE_GAP, _MAX_ROLLBACKS = 10, 0.5, 10
@@ -246,7 +246,7 @@ def run_config(self:Learner) -> dict:
     "What defines this run, saved in each checkpoint."
     mc = getattr(self.model, 'cfg', None)
     return dict(steps=self.total, accum=self.accum, trainable={n: list(p.shape) for n, p in zip(self.names, self.params)},
-                hypers={k: repr(v) for k, v in self.scheds.items()}, clip=self.clip, spike=[self.spike, self.spike_steps, self.spike_lr],
+                hypers={k: repr(v) for k, v in self.scheds.items()}, precision='bf16' if self.bf16 else 'fp32', clip=self.clip, spike=[self.spike, self.spike_steps, self.spike_lr],
                 model=dataclasses.asdict(mc) if dataclasses.is_dataclass(mc) else type(self.model).__name__, data=self.data.state_dict())
 
 # %% ../nbs/19_learner.ipynb #c011bc8f
