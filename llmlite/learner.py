@@ -120,7 +120,8 @@ class Learner:
         self.device = self.params[0].device
         self.bf16 = precision == 'bf16' or (precision == 'auto' and native_bf16(self.device))
         self._causal = is_causal(model)
-        self._keep = self._causal and 'keep' in inspect.signature(model.forward).parameters
+        fwd = inspect.signature(model.forward).parameters
+        self._keep, self._targets = self._causal and 'keep' in fwd, self._causal and 'targets' in fwd   # logits only where a label follows; the loss straight from the model (chunked)
         self.loss_fn = loss_fn or (lm_loss if self._causal else label_loss)
         self.step, self.total, self.lr_mult, self.events, self.log, self.evals, self.samples, self._show = 0, 0, 1., [], [], [], [], show_every
         self.skip, self.high, self.hist, self.snaps, self.saved = set(), [], deque(maxlen=50), deque(maxlen=3), None
@@ -155,14 +156,16 @@ def progress(self:Learner, n:int) -> float:
 # %% ../nbs/19_learner.ipynb #b7938719
 @patch
 def _loss(self:Learner, b:dict) -> torch.Tensor:
-    "The loss of batch `b`, its keys passed by name to the forward (`model_args`); with `lm_loss` and a decoder that can, logits only where a label follows."
+    "The loss of batch `b`, its keys passed by name to the forward (`model_args`); with `lm_loss` and a decoder that can, logits only where a label follows, and the loss from the model itself when it takes `targets` (never the whole logits)."
     x, y, kw = b['input_ids'].to(self.device), b['labels'].to(self.device), model_args(self.model, b, self.device)
     sparse = self._keep and self.loss_fn is lm_loss
     if sparse:
         kw['keep'] = torch.zeros_like(y, dtype=torch.bool)
         kw['keep'][:, :-1] = y[:, 1:] != -100
+        if self._targets: kw['targets'] = y[:, 1:][kw['keep'][:, :-1]]
     with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
         out = self.model(x, **kw)
+    if 'targets' in kw: return out
     out = getattr(out, 'logits', out)
     return F.cross_entropy(out.float(), y[:, 1:][kw['keep'][:, :-1]]) if sparse else self.loss_fn(out, y)
 
