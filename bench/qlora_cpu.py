@@ -89,6 +89,7 @@ if __name__ == '__main__':
     ap.add_argument('--side', nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.side: train(*a.side, a.steps, a.warmup, a.bs, a.seq, a.kind, a.precision); sys.exit()
+    sys.stdout.reconfigure(line_buffering=True)   # each line out as soon as it is measured
     from llmlite.cli import default_model
     from llmlite.models import Config
     sides = ('llmlite', 'transformers') + (('llmlite-fp32',) if a.precision == 'bf16' else ())
@@ -116,6 +117,12 @@ if __name__ == '__main__':
     rate = lambda r, s: r[s]['toks'] / r[s]['dt']
     cfg = Config.from_name('SmolLM2-135M')
     n_lin = cfg.n_params - (2 * cfg.n_layers + 1) * cfg.dim   # every matmul weight: the blocks' linears and the (tied) head
+    for other in sides[1:]:
+        ratios = [rate(r, 'llmlite') / rate(r, other) for r in rounds]
+        print(f"llmlite / {other} tokens/s per round: {' '.join(f'{x:.2f}' for x in ratios)}")
+        q1, med, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        print(f"llmlite / {other}: {med:.2f}x tokens/s (median of rounds; quartiles {q1:.2f}-{q3:.2f}), {res['llmlite']['peak'] / res[other]['peak']:.2f}x peak RSS")
+    # the ceilings last: an emulated bf16 product (a CPU without bf16 instructions) takes minutes, and the ratios above are printed by then
     dt = torch.bfloat16 if a.precision == 'bf16' else torch.float32
     ceil = {a.precision: matmul_ceiling(dt)} | ({'fp32': matmul_ceiling()} if a.precision == 'bf16' else {})
     print(f"QLoRA SmolLM2-135M-Instruct, NF4 base, {a.kind} r=16 all linear, {a.precision}, bs {a.bs}, seq {a.seq}{' packed' if a.seq > 128 else ' (date task, ~74 tokens/row)'}, "
@@ -126,8 +133,3 @@ if __name__ == '__main__':
     for k, o in res.items():
         g = 4 * n_lin * o['tok_s'] / 1e9
         print(f"{k:14}{o['tok_s']:>10.1f}{o['step_s']:>9.2f}{o['peak'] / 2**20:>14.0f}{g:>9.1f}{100 * g / ceil['fp32' if k.endswith('fp32') else a.precision]:>10.1f}%{o['last_loss']:>11.4f}")
-    for other in sides[1:]:
-        ratios = [rate(r, 'llmlite') / rate(r, other) for r in rounds]
-        print(f"llmlite / {other} tokens/s per round: {' '.join(f'{x:.2f}' for x in ratios)}")
-        q1, med, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
-        print(f"llmlite / {other}: {med:.2f}x tokens/s (median of rounds; quartiles {q1:.2f}-{q3:.2f}), {res['llmlite']['peak'] / res[other]['peak']:.2f}x peak RSS")
