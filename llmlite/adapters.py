@@ -110,17 +110,21 @@ class _Adapted(torch.autograd.Function):
         t = F.linear(xd, a).mul_(s)
         z = F.linear(x, wd, bias if g is None else None).addmm_(t, b.t())
         y = z if g is None else z * g if bias is None else torch.addcmul(bias, z, g)
-        ctx.save_for_backward(xd, a, b, t, None if g is None else z, g, n, x if ctx.needs_input_grad[6] else None)
+        ctx.keep_z = g is not None and bool((g == 0).any())   # backward recovers z = (y - bias) / g from the output, unless a magnitude is 0
+        ctx.save_for_backward(xd, a, b, t, None if g is None else z if ctx.keep_z else y, g, n, bias, x if ctx.needs_input_grad[6] else None)
         ctx.w, ctx.s, ctx.same = w, s, xd is x
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        xd, a, b, t, z, g, n, x = ctx.saved_tensors
+        xd, a, b, t, zy, g, n, bias, x = ctx.saved_tensors
         need, gz, gm = ctx.needs_input_grad, gy, None
         if g is not None:   # DoRA: one buffer, first for the magnitude's gradient, then for the gradient of z
-            gz = gy * z
-            if need[4]: gm = gz.sum(0).div_(n).to(n.dtype)
+            gz = gy * zy
+            if need[4]:   # sum_i gy·z = (sum_i gy·y - bias·sum_i gy) / g, summed in fp32
+                gm = gz.sum(0, dtype=torch.float32)
+                if not ctx.keep_z: gm = (gm if bias is None else gm - bias.float() * gy.sum(0, dtype=torch.float32)).div_(g.float())
+                gm = gm.div_(n).to(n.dtype)
             gz = torch.mul(gy, g, out=gz)
         gt = (gz @ b).mul_(ctx.s)   # the gradient of A·xd
         ga = gt.t() @ xd if need[2] else None

@@ -6,13 +6,14 @@ Docs: https://llmlite.github.io/llmlite/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #cf80b0a5
 from __future__ import annotations
-import os, random, threading, time
+import functools, os, random, threading, time
 from contextlib import contextmanager
 import numpy as np, torch
 from .errors import LLMLiteError, check
 
 # %% auto #0
-__all__ = ['default_device', 'default_dtype', 'as_dtype', 'seed_everything', 'rss', 'MemoryMeter', 'train_mode']
+__all__ = ['BF16_FLAGS', 'default_device', 'default_dtype', 'as_dtype', 'cpu_flags', 'native_bf16', 'seed_everything', 'rss',
+           'MemoryMeter', 'train_mode']
 
 # %% ../nbs/00_core.ipynb #d6ca1d1b
 def default_device():
@@ -33,6 +34,29 @@ def as_dtype(d):
     res = getattr(torch, names.get(s, s), None)
     if not isinstance(res, torch.dtype): raise ValueError(f"Unknown dtype {d!r}: use one of bf16, fp16, fp32")
     return res
+
+# %% ../nbs/00_core.ipynb #fbda1d35
+BF16_FLAGS = {'avx512_bf16', 'amx_bf16', 'bf16'}   # x86 AVX512-BF16 and AMX-BF16; Arm's BF16 (FEAT_BF16)
+
+def cpu_flags(text:str|None=None) -> set:
+    "Feature flags of the CPU from the text of /proc/cpuinfo (`flags` on x86, `Features` on Arm; default: this machine's); empty where there is none."
+    if text is None: return _own_cpu_flags()
+    for line in text.splitlines():
+        k, _, v = line.partition(':')
+        if k.strip() in ('flags', 'Features'): return set(v.split())
+    return set()
+
+@functools.cache
+def _own_cpu_flags():
+    try:
+        with open('/proc/cpuinfo') as f: return cpu_flags(f.read())
+    except OSError: return set()
+
+def native_bf16(device=None) -> bool:
+    "Whether `device` multiplies bf16 matrices natively: a CUDA GPU with bf16, or a CPU with bf16 dot-product instructions that torch uses."
+    device = torch.device(device or default_device())
+    if device.type == 'cuda': return torch.cuda.is_bf16_supported()
+    return device.type == 'cpu' and bool(cpu_flags() & BF16_FLAGS) and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 # %% ../nbs/00_core.ipynb #f99092db
 def seed_everything(seed:int=42):

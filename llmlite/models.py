@@ -15,7 +15,7 @@ from .attention import RMSNorm, rope_freqs, rope_cos_sin, apply_rope, alibi_slop
 from .cache import CacheConfig, Cache, layer_budgets
 
 # %% auto #0
-__all__ = ['acts', 'configs', 'Config', 'make_norm', 'Attention', 'MLP', 'Block', 'make_block', 'Decoder', 'blocks',
+__all__ = ['acts', 'configs', 'Config', 'make_norm', 'Attention', 'MLP', 'Block', 'make_block', 'Decoder', 'chunked_ce', 'blocks',
            'checkpoint_blocks', 'check_loaded']
 
 # %% ../nbs/07_models.ipynb #9d42abfe
@@ -241,7 +241,8 @@ class Decoder(nn.Module):
         "Share the embedding matrix with the output head when the config says so."
         if self.cfg.tie_embeddings: self.head.weight = self.emb.weight
 
-    def forward(self, x, cache:KVCache|None=None, valid=None, doc_ids=None, last:bool=False, keep=None):
+    def forward(self, x, cache:KVCache|None=None, valid=None, doc_ids=None, last:bool=False, keep=None,
+                targets=None): # the token each (kept) position predicts, -100 for none: return their mean cross-entropy (`chunked_ce`), not logits
         B, T = x.shape
         start = cache.pos if cache is not None else 0
         alibi = self.cfg.pos == 'alibi'
@@ -271,7 +272,45 @@ class Decoder(nn.Module):
             w = self.cfg.layer_window(i)
             h = b(h, rope=rope, mask=mask(w), window=w, cache=cache, layer=i, alibi=slopes, keep=idx if i == len(self.blocks) - 1 else None)
         if cache is not None: cache.pos += T
-        return self.head(self.norm(h))
+        h = self.norm(h)
+        if targets is None: return self.head(h)
+        if type(self.head) is not nn.Linear: return F.cross_entropy(self.head(h).flatten(0, -2).float(), targets.flatten())   # an adapted or trained head
+        return chunked_ce(h.flatten(0, -2), self.head.weight, targets.flatten())
+
+# %% ../nbs/07_models.ipynb #3027b6b6
+class _ChunkedCE(torch.autograd.Function):
+    "Mean cross-entropy of `h @ w.T` against `y` (-100: no loss), `rows` rows at a time; gradients computed in the forward, chunk by chunk."
+    @staticmethod
+    def forward(ctx, h, w, y, rows, dt):
+        hc, wc = h.to(dt), w.to(dt)     # one cast of the weight, not one per chunk
+        gh = torch.zeros(h.shape, device=h.device) if ctx.needs_input_grad[0] else None
+        gw = torch.zeros(w.shape, device=w.device) if ctx.needs_input_grad[1] else None
+        n = (y != -100).sum().clamp_min(1).float()
+        tot = torch.zeros((), device=h.device)
+        for i in range(0, len(h), rows):
+            yc = y[i:i + rows]; ok = yc != -100; yi = yc.clamp_min(0)[:, None]
+            z = (hc[i:i + rows] @ wc.t()).float()
+            lse = z.logsumexp(-1, keepdim=True)
+            tot += torch.where(ok, lse[:, 0] - z.gather(1, yi)[:, 0], 0.).sum()
+            if gh is None and gw is None: continue
+            p = z.sub_(lse).exp_().scatter_add_(1, yi, torch.full_like(lse, -1.)).mul_(ok[:, None] / n).to(dt)   # (softmax - one-hot) / n
+            if gh is not None: gh[i:i + rows] = p @ wc
+            if gw is not None: gw += p.t() @ hc[i:i + rows]
+        ctx.save_for_backward(gh, gw); ctx.dtypes = h.dtype, w.dtype
+        return tot / n
+
+    @staticmethod
+    def backward(ctx, g):
+        gh, gw = ctx.saved_tensors
+        return None if gh is None else (gh * g).to(ctx.dtypes[0]), None if gw is None else (gw * g).to(ctx.dtypes[1]), None, None, None
+
+def chunked_ce(h:torch.Tensor, # (N, dim) final hidden states
+               w:torch.Tensor, # (vocab, dim) the output head's weight
+               y:torch.Tensor, # (N,) target token ids, -100 where there is no loss
+               rows:int|None=None): # rows per chunk (default: about 8M logits per chunk)
+    "Mean cross-entropy of the logits `h @ w.T` against `y`, never holding more than one chunk of logits; in the autocast dtype if autocast is on."
+    dt = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
+    return _ChunkedCE.apply(h, w, y, rows or max(1, 2**23 // w.shape[0]), dt)
 
 # %% ../nbs/07_models.ipynb #05f70e13
 @patch

@@ -299,9 +299,10 @@ def dequantize(self:QTensor, dtype=None, backend='auto'):
 # %% ../nbs/03_quant.ipynb #0ea0d646
 class _QLinearFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w, b):
+    def forward(ctx, x, w, b):   # under autocast, dequantized straight to its dtype (never to fp32 and cast again)
         ctx.w = w
-        return F.linear(x, w.dequantize(x.dtype), None if b is None else b.to(x.dtype))
+        dt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        return F.linear(x.to(dt), w.dequantize(dt), None if b is None else b.to(dt))
     @staticmethod
     def backward(ctx, g):
         gx = g @ ctx.w.dequantize(g.dtype) if ctx.needs_input_grad[0] else None
