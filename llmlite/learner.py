@@ -14,7 +14,7 @@ import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 import matplotlib.pyplot as plt
 from torch.distributed.tensor import DTensor
 from fastcore.basics import patch, store_attr
-from .core import check, train_mode
+from .core import check, train_mode, native_bf16
 from .dist import rank, world, barrier, all_reduce
 from .data import lm_loss, label_loss, model_args, is_causal, source_tokens
 from .models import checkpoint_blocks
@@ -100,7 +100,7 @@ class Learner:
                  tok=None, # tokenizer, for evaluation tasks and prompts
                  show_every:int|None=None, # print a progress line every n steps (default: 20 lines per run; 0: quiet)
                  loss_fn=None, # loss_fn(logits, labels) -> scalar; default `lm_loss` for a causal decoder, else `label_loss` (labels in place)
-                 precision:str='auto', # 'auto' (bf16 autocast on GPU, fp32 on CPU), 'bf16' or 'fp32'
+                 precision:str='auto', # 'auto' (bf16 autocast where the device multiplies bf16 natively, see `native_bf16`; else fp32), 'bf16' or 'fp32'
                  log_to='auto'): # metrics also to 'tensorboard' (under path/tb) and/or 'wandb'; 'auto': those installed (wandb when WANDB_PROJECT is set)
         check(all(hasattr(data, a) for a in ('batch', 'state_dict', 'load_state_dict')), f"data: {type(data).__name__} is not a loader (see llmlite.data: text_data, prompt_data, chat_data, cls_data, mlm_data, seq2seq_data, mix)")
         check(accum >= 1 and snap_every >= 1 and keep >= 1 and spike_steps >= 1, "accum, snap_every, keep and spike_steps must be >= 1")
@@ -118,9 +118,10 @@ class Learner:
         self.scheds = dict(lr=warmup_cosine(lr) if isinstance(lr, Real) else as_sched(lr, 'lr'), wd=as_sched(wd, 'wd'), eps=as_sched(eps, 'eps'),
                            beta1=as_sched(b1, 'betas[0]'), beta2=as_sched(b2, 'betas[1]'))
         self.device = self.params[0].device
-        self.bf16 = precision == 'bf16' or (precision == 'auto' and self.device.type == 'cuda' and torch.cuda.is_bf16_supported())
+        self.bf16 = precision == 'bf16' or (precision == 'auto' and native_bf16(self.device))
         self._causal = is_causal(model)
-        self._keep = self._causal and 'keep' in inspect.signature(model.forward).parameters
+        fwd = inspect.signature(model.forward).parameters
+        self._keep, self._targets = self._causal and 'keep' in fwd, self._causal and 'targets' in fwd   # logits only where a label follows; the loss straight from the model (chunked)
         self.loss_fn = loss_fn or (lm_loss if self._causal else label_loss)
         self.step, self.total, self.lr_mult, self.events, self.log, self.evals, self.samples, self._show = 0, 0, 1., [], [], [], [], show_every
         self.skip, self.high, self.hist, self.snaps, self.saved = set(), [], deque(maxlen=50), deque(maxlen=3), None
@@ -155,14 +156,16 @@ def progress(self:Learner, n:int) -> float:
 # %% ../nbs/19_learner.ipynb #b7938719
 @patch
 def _loss(self:Learner, b:dict) -> torch.Tensor:
-    "The loss of batch `b`, its keys passed by name to the forward (`model_args`); with `lm_loss` and a decoder that can, logits only where a label follows."
+    "The loss of batch `b`, its keys passed by name to the forward (`model_args`); with `lm_loss` and a decoder that can, logits only where a label follows, and the loss from the model itself when it takes `targets` (never the whole logits)."
     x, y, kw = b['input_ids'].to(self.device), b['labels'].to(self.device), model_args(self.model, b, self.device)
     sparse = self._keep and self.loss_fn is lm_loss
     if sparse:
         kw['keep'] = torch.zeros_like(y, dtype=torch.bool)
         kw['keep'][:, :-1] = y[:, 1:] != -100
+        if self._targets: kw['targets'] = y[:, 1:][kw['keep'][:, :-1]]
     with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
         out = self.model(x, **kw)
+    if 'targets' in kw: return out
     out = getattr(out, 'logits', out)
     return F.cross_entropy(out.float(), y[:, 1:][kw['keep'][:, :-1]]) if sparse else self.loss_fn(out, y)
 
@@ -193,7 +196,7 @@ def one_step(self:Learner, n:int) -> dict:
     if ok: self.opt.step()
     self.opt.zero_grad(set_to_none=True)
     self.data.step = n * self.accum
-    r = dict(step=n, loss=loss, grad_norm=gn, tokens=ntok, **h, ok=ok)
+    r = dict(step=n, loss=loss, grad_norm=gn, tokens=ntok, **h, ok=ok, precision='bf16' if self.bf16 else 'fp32')
     ns = len(getattr(self.data, 'sources', ()))
     if ns > 1: r['source_tokens'] = [int(x) for x in all_reduce(source_tokens(bs, ns))]   # a mixture: what each source gave this step
     return r
@@ -249,7 +252,7 @@ def run_config(self:Learner) -> dict:
     "What defines this run, saved in each checkpoint."
     mc = getattr(self.model, 'cfg', None)
     return dict(steps=self.total, accum=self.accum, trainable={n: list(p.shape) for n, p in zip(self.names, self.params)},
-                hypers={k: repr(v) for k, v in self.scheds.items()}, clip=self.clip, spike=[self.spike, self.spike_steps, self.spike_lr],
+                hypers={k: repr(v) for k, v in self.scheds.items()}, precision='bf16' if self.bf16 else 'fp32', clip=self.clip, spike=[self.spike, self.spike_steps, self.spike_lr],
                 model=dataclasses.asdict(mc) if dataclasses.is_dataclass(mc) else type(self.model).__name__, data=self.data.state_dict())
 
 # %% ../nbs/19_learner.ipynb #c011bc8f
