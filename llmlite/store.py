@@ -183,7 +183,7 @@ def tokenize(src, # A file (.jsonl .jsonl.gz .jsonl.zst .parquet .arrow .txt .md
              shard_tokens:int=1 << 25, # Start a new shard after this many tokens
              batch_bytes:int=1 << 20, # Text per job sent to a worker
              split:str='train', # The split of a saved `DatasetDict`
-             progress:bool=True) -> Store:
+             progress:bool=True): # returns the `Store`
     "Tokenize `src` once into a token store at `out`: shards of token ids and document ends, and an index naming the tokenizer."
     files, out = source_files(src), Path(out)
     eos_id = tok.eos_id if eos else None
