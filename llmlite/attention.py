@@ -183,6 +183,9 @@ class KVCache:
         miss = [f'{x}.{i}' for x in 'kv' for i in range(len(self.k)) if f'{x}.{i}' not in state]
         check(not miss, f"KV cache state: tensors {', '.join(miss[:4])} missing")
         for x, ts in (('k', self.k), ('v', self.v)):
-            for i, t in enumerate(ts): t[:, :, :n_tokens] = state[f'{x}.{i}']
+            for i, t in enumerate(ts):
+                got, want = tuple(state[f'{x}.{i}'].shape), tuple(t[:, :, :n_tokens].shape)
+                check(got == want, f"KV cache state: tensor {x}.{i} has shape {got}, this model's cache needs {want}")
+                t[:, :, :n_tokens] = state[f'{x}.{i}']
         self.valid[:, :n_tokens] = True
         self.pos = n_tokens

@@ -228,7 +228,10 @@ def load(self:Cache, state:dict, n_tokens:int):
         check(not miss, f"compressed cache state: tensors {', '.join(miss)} missing (was it made with other cache settings?)")
         m = state[f'pos.{i}'].shape[2]
         check(m <= st['pos'].shape[2], f"compressed cache state: layer {i} holds {m} tokens, over this cache's {st['pos'].shape[2]} slots")
-        for x, t in st.items(): t[:, :, :m] = state[f'{x}.{i}']
+        for x, t in st.items():
+            got, want = tuple(state[f'{x}.{i}'].shape), tuple(t[:, :, :m].shape)
+            check(got == want, f"compressed cache state: tensor {x}.{i} has shape {got}, this cache needs {want}")
+            t[:, :, :m] = state[f'{x}.{i}']
         self.kind[i][:] = state[f'kind.{i}']
         self.n[i] = m
     self.valid[:, :n_tokens] = True

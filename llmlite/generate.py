@@ -11,7 +11,7 @@ from dataclasses import dataclass, asdict
 from pathlib import Path
 import torch
 from safetensors.torch import save_file
-from .core import check
+from .core import LLMLiteError, check
 from .formats import atomic_write, SafetensorsFile
 from .cache import CacheConfig
 from .seq2seq import EncoderDecoder
@@ -75,15 +75,18 @@ def load_prefix(path, model, cache:CacheConfig|None=None) -> Prefix:
     "Read a prefix cache saved by `save_prefix`, checking it was made by a model of `model`'s shape (and with the `cache` settings, when given)."
     path, f = Path(path), SafetensorsFile(path)
     meta, ts = f.meta, {k: t.to(model.emb.weight.device) for k, t in f.items()}
-    check('model' in meta and 'ids' in ts, f"{path}: not a prefix cache (no 'model' metadata or 'ids' tensor)")
-    got, want = json.loads(meta['model']), _sig(model)
+    check(all(k in meta for k in ('model', 'text', 'chat')) and 'ids' in ts, f"{path}: not a prefix cache (it needs metadata model, text and chat, and an 'ids' tensor)")
+    try: got, chat, made = json.loads(meta['model']), json.loads(meta['chat']), CacheConfig(**json.loads(meta['cache'])) if 'cache' in meta else None
+    except (ValueError, TypeError) as e: raise LLMLiteError(f"{path}: damaged prefix cache metadata ({type(e).__name__}: {e})") from None
+    check(isinstance(got, dict), f"{path}: damaged prefix cache metadata (model)")
+    want = _sig(model)
     bad = [f"{k}: file {got.get(k)} vs model {v}" for k, v in want.items() if got.get(k) != v]
     check(not bad, f"{path}: prefix cache made by another model ({'; '.join(bad)})")
-    made = CacheConfig(**json.loads(meta['cache'])) if 'cache' in meta else None
     check(cache is None or cache == made, f"{path}: prefix cache made with cache settings {made}, not {cache}")
     ids = ts.pop('ids').tolist()
-    model.new_cache(1, len(ids), config=made).load(ts, len(ids))    # fails here, naming the tensor, if the state does not fit
-    return Prefix(meta['text'], ids, ts, json.loads(meta['chat']), made)
+    try: model.new_cache(1, len(ids), config=made).load(ts, len(ids))    # a state that does not fit is refused, naming the tensor
+    except LLMLiteError as e: raise LLMLiteError(f"{path}: {e}") from None
+    return Prefix(meta['text'], ids, ts, chat, made)
 
 # %% ../nbs/13_generate.ipynb #4bc946fb
 @torch.no_grad()

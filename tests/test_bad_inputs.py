@@ -160,3 +160,23 @@ def test_no_loader_unpickles(tiny, tmp_path, monkeypatch):
     m2, _ = load(tiny); load_adapter(m2, ad)
     load_checkpoint(m, opt, read_checkpoint(tmp_path/'run'))
     load_prefix(pf, base)
+
+def test_bad_prefix_caches(tiny, tmp_path):
+    "Prefix caches with metadata removed or damaged, and with tensors of the wrong size: each refused, naming the file."
+    from safetensors.torch import save_file
+    from llmlite.formats import SafetensorsFile
+    from llmlite.generate import make_prefix, save_prefix, load_prefix
+    m, tok = load(tiny, dtype=torch.float32, device='cpu')
+    f = SafetensorsFile(save_prefix(make_prefix(m, tok, 'w1 w2 w3 w4'), tmp_path/'p.safetensors', m))
+    meta, ts = f.meta, dict(f.items())
+    bad = [dict(meta=({k: v for k, v in meta.items() if k != drop})) for drop in meta] + [
+           dict(meta=dict(meta, chat='{')), dict(meta=dict(meta, model='[1]')), dict(meta=dict(meta, model='7')), dict(meta=dict(meta, cache='[1, 2]')),
+           dict(meta=dict(meta, cache='{"strategy": "nope"}')), dict(ts={k: v for k, v in ts.items() if k != 'ids'}),
+           dict(ts={k: v[..., :1].contiguous() if k != 'ids' else v for k, v in ts.items()})]
+    outcomes = Counter()
+    for i, b in enumerate(bad):
+        p = tmp_path/f'bad{i}.safetensors'; save_file(b.get('ts', ts), p, metadata=b.get('meta', meta))
+        o = outcome(lambda: load_prefix(p, m), None, [p.name]); outcomes[o] += 1
+        if o != "refused": print(i, b.get("meta", {}).keys() if "meta" in b else "ts", o)
+    print(dict(outcomes))
+    assert outcomes == Counter(refused=len(bad)), outcomes
