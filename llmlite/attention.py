@@ -185,7 +185,7 @@ class KVCache:
         for x, ts in (('k', self.k), ('v', self.v)):
             for i, t in enumerate(ts):
                 got, want = tuple(state[f'{x}.{i}'].shape), tuple(t[:, :, :n_tokens].shape)
-                check(got == want, f"KV cache state: tensor {x}.{i} has shape {got}, this model's cache needs {want}")
+                check(got[1:] == want[1:] and got[0] in (1, want[0]), f"KV cache state: tensor {x}.{i} has shape {got}, this model's cache needs {want} (or one row)")
                 t[:, :, :n_tokens] = state[f'{x}.{i}']
         self.valid[:, :n_tokens] = True
         self.pos = n_tokens

@@ -230,7 +230,7 @@ def load(self:Cache, state:dict, n_tokens:int):
         check(m <= st['pos'].shape[2], f"compressed cache state: layer {i} holds {m} tokens, over this cache's {st['pos'].shape[2]} slots")
         for x, t in st.items():
             got, want = tuple(state[f'{x}.{i}'].shape), tuple(t[:, :, :m].shape)
-            check(got == want, f"compressed cache state: tensor {x}.{i} has shape {got}, this cache needs {want}")
+            check(got[1:] == want[1:] and got[0] in (1, want[0]), f"compressed cache state: tensor {x}.{i} has shape {got}, this cache needs {want} (or one row)")
             t[:, :, :m] = state[f'{x}.{i}']
         self.kind[i][:] = state[f'kind.{i}']
         self.n[i] = m
