@@ -283,5 +283,5 @@ def main(argv:list|None=None):
     try: o = options(a, cls); check_inputs(o)
     except LLMLiteError as e: parser().commands[a.cmd].error(str(e))
     jobs = importlib.import_module('llmlite.jobs')    # torch and the library load only now, once the arguments are known to be good
-    try: return getattr(jobs, job)(o)
+    try: getattr(jobs, job)(o)              # its result is for Python callers: the command's exit status is 0
     except LLMLiteError as e: sys.exit(f"llmlite: error: {e}")

@@ -3,7 +3,7 @@ import json, subprocess, sys
 from llmlite.plan import plan
 
 def llmlite(*args, ok=True):
-    r = subprocess.run([sys.executable, '-c', 'from llmlite.cli import main; main()', 'plan', *map(str, args)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, '-c', 'import sys; from llmlite.cli import main; sys.exit(main())', 'plan', *map(str, args)], capture_output=True, text=True, timeout=120)   # as the console script calls it
     assert (r.returncode == 0) == ok, r.stderr[-3000:]
     return r
 
