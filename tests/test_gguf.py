@@ -46,7 +46,7 @@ def test_truncated_gguf(tmp_path, smol_path):
     (tmp_path/'cut.gguf').write_bytes(data[:len(data) // 2])
     with pytest.raises(LLMLiteError, match=r'cut.gguf: truncated: tensor'): load(tmp_path/'cut.gguf')
     (tmp_path/'head.gguf').write_bytes(data[:100_000])
-    with pytest.raises(LLMLiteError, match=r'head.gguf: not a readable GGUF file'): load(tmp_path/'head.gguf')
+    with pytest.raises(LLMLiteError, match=r'head.gguf: truncated header'): load(tmp_path/'head.gguf')
     (tmp_path/'junk.gguf').write_bytes(b'PK\x03\x04' + data[4:1000])
     with pytest.raises(LLMLiteError, match=r'junk.gguf: not a GGUF file'): load(tmp_path/'junk.gguf')
 
