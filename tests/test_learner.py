@@ -91,7 +91,7 @@ def test_interrupted_save_keeps_previous(tmp_path, monkeypatch):
     def boom(*a, **k): raise OSError('disk full')
     monkeypatch.setattr(L, 'save_file', boom)
     learn.step = 12
-    with pytest.raises(OSError): learn.save()
+    with pytest.raises(LLMLiteError, match=r'step-000012: could not be written \(OSError: disk full\); the previous version is untouched'): learn.save()
     monkeypatch.undo()
     assert [p.name for p in checkpoints(tmp_path)] == ['step-000005', 'step-000010']
     learn2 = Learner(tiny(1), memo(), lr=1e-2, path=tmp_path, save_every=5, show_every=0).fit(steps=10)
