@@ -279,14 +279,14 @@ _BOOL = ('tie_word_embeddings', 'attention_bias', 'use_sliding_window', 'mlp_bia
 _STR = ('hidden_act', 'hidden_activation', 'feed_forward_proj', 'position_embedding_type', 'classifier_activation', 'classifier_pooling')
 _DICT = ('rope_scaling', 'rope_parameters', 'attn_config')
 
+_KINDS = ((_INT, 'an integer', lambda v: type(v) is int), (_NUM, 'a positive number', lambda v: type(v) in (int, float) and v > 0),
+          (_BOOL, 'true or false', lambda v: type(v) is bool), (_STR, 'a string', lambda v: isinstance(v, str)), (_DICT, 'an object', lambda v: isinstance(v, dict)))
+
 def _check_types(d:dict, src:str):
     "Refuse a config.json field of the wrong JSON type (null is a missing value); sizes must be integers, epsilons and rotary bases positive numbers."
     for k, v in d.items():
-        if v is None: continue
-        t = 'an integer' if k in _INT else 'a positive number' if k in _NUM else 'true or false' if k in _BOOL else 'a string' if k in _STR else 'an object' if k in _DICT else None
-        ok = (type(v) is int if k in _INT else type(v) in (int, float) and v > 0 if k in _NUM else type(v) is bool if k in _BOOL else
-              isinstance(v, str) if k in _STR else isinstance(v, dict) if k in _DICT else True)
-        check(ok, f"{src}: field {k!r} must be {t}, got {v!r}"[:300])
+        for names, what, ok in _KINDS:
+            if v is not None and k in names: check(ok(v), f"{src}: field {k!r} must be {what}, got {v!r}"[:300])
     a = d.get('architectures')
     check(a is None or isinstance(a, list) and all(isinstance(x, str) for x in a), f"{src}: field 'architectures' must be a list of class names, got {a!r}"[:300])
 

@@ -283,7 +283,7 @@ def read_log(p) -> list:
     "The rows of JSON-lines log `p` ([] when absent). A torn last line (a kill in the middle of a write) is dropped; a bad line before it is an error naming the line."
     p = Path(p)
     if not p.exists(): return []
-    lines = [l for l in p.read_text(encoding='utf-8', errors='replace').splitlines()]
+    lines = p.read_text(encoding='utf-8', errors='replace').splitlines()
     rows = []
     for i, l in enumerate(lines, 1):
         if not l.strip(): continue

@@ -7,7 +7,7 @@ dependency, a hang (over `LIMIT` seconds) or a load with a different result is a
 *data* are not made: safetensors and GGUF carry no checksums, so flipped weight bytes cannot be told from weights.
 """
 import json, os, pickle, random, shutil, signal, struct
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 import gguf, pytest, torch
 from llmlite.errors import LLMLiteError
@@ -109,9 +109,7 @@ def logits(src):
     with torch.no_grad(): return load(src, dtype=torch.float32, device='cpu')[0](X)
 
 def test_bad_inputs(tiny, tmp_path):
-    rng, counts, fails = random.Random(0), {}, []
-    from collections import defaultdict
-    counts = defaultdict(Counter)
+    rng, counts, fails = random.Random(0), defaultdict(Counter), []
     st, ref = tiny/'model.safetensors', logits(tiny)
     raw = st.read_bytes(); head = 8 + struct.unpack('<Q', raw[:8])[0]
     cases(st, byte_mutations(raw, head, rng, 90), lambda: logits(tiny), ref, ['model.safetensors', str(tiny)], counts, fails, 'safetensors')
