@@ -4,14 +4,17 @@
 2. peak RSS of `load(..., quant="nf4")` on a generated ~1B-parameter bf16 safetensors checkpoint vs
    transformers + bitsandbytes loading the same directory (each in a fresh subprocess);
 3. perplexity of SmolLM2-135M-Instruct on a fixed public-domain text (bench/data/public_domain.txt)
-   at fp32 / NF4 / HQQ-4 / HQQ-3.
+   at fp32 / NF4 / HQQ-4 / HQQ-3;
+4. `round_zero`: HQQ's solver started from a rounded zero (the hqq library's choice at 4 bits) or not, at 2/3/4 bits:
+   perplexity of SmolLM2 with every block linear layer replaced by its round trip, and the relative weight error on
+   SmolLM2's weights and on heavy-tailed random ones (Student t, 3 degrees of freedom).
 
-Usage: python bench/quant.py [--sizes 4096x4096,4096x11008] [--parts throughput,load,ppl]
+Usage: python bench/quant.py [--sizes 4096x4096,4096x11008] [--parts throughput,load,ppl,round_zero]
 """
 import argparse, json, subprocess, sys, tempfile, time, torch
 from pathlib import Path
 import bitsandbytes.functional as bf
-from llmlite.quant import nf4_quantize, nf4_dequantize, hqq_quantize
+from llmlite.quant import nf4_quantize, nf4_dequantize, hqq_quantize, hqq_dequantize
 
 def best(f, n=3):
     "Fastest of `n` timed calls of `f` (after one warm-up), in seconds."
@@ -89,6 +92,25 @@ def ppl():
         t = time.perf_counter(); m, tok = load(default_model(), **kw); dt = time.perf_counter() - t
         print(f"{name:8}{perplexity(m, tok, text, seq_len=512):>9.3f}   (load + quantize {dt:.1f} s)")
 
+def round_zero():
+    from llmlite.loading import load
+    from llmlite.cli import default_model
+    from llmlite.eval import perplexity
+    text = (Path(__file__).parent/'data'/'public_domain.txt').read_text()
+    m, tok = load(default_model())
+    lins = {n: l for n, l in m.named_modules() if isinstance(l, torch.nn.Linear) and n.startswith('blocks')}
+    dense = {n: l.weight.detach().clone() for n, l in lins.items()}
+    t = torch.distributions.StudentT(3.).sample((1024, 4096), ) * 0.02
+    rt = lambda w, b, rz: hqq_dequantize(hqq_quantize(w, b, round_zero=rz), w.shape, w.dtype, b)
+    rel = lambda ws, b, rz: (sum(float((rt(w, b, rz) - w).pow(2).sum()) for w in ws) / sum(float(w.pow(2).sum()) for w in ws)) ** 0.5
+    print(f"\nHQQ round_zero (group 64): perplexity of SmolLM2-135M-Instruct on bench/data/public_domain.txt (fp32 {perplexity(m, tok, text, seq_len=256):.3f}), relative weight error")
+    print(f"{'bits':>4} {'round_zero':>10} {'ppl':>9} {'err SmolLM2':>12} {'err t(3)':>9}")
+    for b in (4, 3, 2):
+        for rz in (False, True):
+            with torch.no_grad():
+                for n, l in lins.items(): l.weight.copy_(rt(dense[n], b, rz))
+            print(f"{b:>4} {rz!s:>10} {perplexity(m, tok, text, seq_len=256):>9.3f} {rel(dense.values(), b, rz):>12.5f} {rel([t], b, rz):>9.5f}", flush=True)
+
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--sizes', default='4096x4096,4096x11008')
@@ -101,3 +123,4 @@ if __name__ == '__main__':
     if 'throughput' in parts: main([tuple(map(int, s.split('x'))) for s in a.sizes.split(',')], getattr(torch, a.dtype))
     if 'load' in parts: load_rss()
     if 'ppl' in parts: ppl()
+    if 'round_zero' in parts: round_zero()

@@ -465,12 +465,19 @@ def text_data(src, tok, seq_len:int=2048, bs:int=8,
     e = [tok.eos_id] if eos and tok.eos_id is not None else []
     exs = []
     for x in tok.encode_batch([o[field] for o in recs]):
+        if not x: continue                      # an empty document adds nothing, not even its EOS
         if e and x[-1:] != e: x = x + e
-        if x: exs.append((x, [True] * len(x)))
+        exs.append((x, [True] * len(x)))
     check(exs, f"{recs.src}: every document is empty")
     return _loader(recs, exs, seq_len, bs, pack, True, truncate, seed, shuffle, tok)
 
 # %% ../nbs/06_data.ipynb #8e601396
+def _text(o:dict, f:str) -> str:
+    "Field `f` of record `o` as text: a string, or a number written out; a list, an object or a boolean is an error."
+    v = o[f]
+    check(isinstance(v, (str, int, float)) and not isinstance(v, bool), f"field {f!r} holds a {type(v).__name__} ({str(v)[:40]}), not text")
+    return str(v)
+
 def prompt_data(src, tok, seq_len:int=2048, bs:int=8,
                 prompt:str='prompt', response:str='response', # Field names
                 template:str|None=None, # Format string for the prompt built from the record's fields, e.g. 'Q: {question}\nA:'
@@ -479,8 +486,8 @@ def prompt_data(src, tok, seq_len:int=2048, bs:int=8,
     "Loader of prompt/response pairs, loss on the response only by default."
     fields = [f for _, f, _, _ in string.Formatter().parse(template) if f] if template else [prompt]
     recs = need(read_records(src, split), *fields, response)
-    fmt = (lambda o: template.format(**o)) if template else (lambda o: str(o[prompt]))
-    exs = _examples(recs, lambda o: prompt_tokens(tok, fmt(o), str(o[response]), eos, loss_on), 'prompt/response')
+    fmt = (lambda o: template.format(**{f: _text(o, f) for f in fields})) if template else (lambda o: _text(o, prompt))
+    exs = _examples(recs, lambda o: prompt_tokens(tok, fmt(o), _text(o, response), eos, loss_on), 'prompt/response')
     return _loader(recs, exs, seq_len, bs, pack, False, truncate, seed, shuffle, tok)
 
 # %% ../nbs/06_data.ipynb #5199bf97

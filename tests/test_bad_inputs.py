@@ -178,3 +178,56 @@ def test_bad_prefix_caches(tiny, tmp_path):
         if o != "refused": print(i, b.get("meta", {}).keys() if "meta" in b else "ts", o)
     print(dict(outcomes))
     assert outcomes == Counter(refused=len(bad)), outcomes
+
+def data_mutations(recs:list, line, rng, n:int):
+    "`n` damaged JSON Lines files (bytes) of records `recs` written with `line(record)`, each of which must be refused."
+    rows = [line(r).encode() for r in recs]
+    join = lambda rs: b'\n'.join(rs) + b'\n'
+    out = [b'', b'\n \n', b'\x00' * 64, pickle.dumps(recs), b'[1, 2]\n']
+    while len(out) < n:
+        k, rs, i = rng.randrange(5), list(rows), rng.randrange(len(rows))
+        if k == 0: rs[i] = rs[i][:rng.randrange(1, len(rs[i]) - 1)]                 # a line cut inside
+        elif k == 1: rs[i] = rng.choice([b'[1, 2]', b'"text"', b'null', b'7', b'{'])   # a line that is not an object
+        elif k == 2: j = rng.randrange(1, len(rs[i]) - 1); rs[i] = rs[i][:j] + rng.choice([b'\xff', b'\xc3', b'\x80\x80']) + rs[i][j:]   # not UTF-8
+        else:                                                                         # a field missing or of the wrong type
+            r = json.loads(rs[i]); f = rng.choice(sorted(r))
+            if k == 3: del r[f]
+            else: r[f] = rng.choice([None, [1, 2], {'a': 1}, True])
+            rs[i] = json.dumps(r).encode()
+        out.append(join(rs))
+    return out
+
+def test_bad_data_files(tiny, tmp_path):
+    "Damaged training data of every kind (JSONL prompts and chats, CSV, text, Parquet), through the loaders `finetune` uses: each refused, naming the file."
+    import pyarrow as pa, pyarrow.parquet as pq
+    from llmlite.data import prompt_data, chat_data, text_data
+    rng, counts, fails = random.Random(1), defaultdict(Counter), []
+    tok = Tokenizer.from_dir(tiny)
+    pairs = [dict(prompt=f'w{i} w{i + 1}', response=f'w{i + 2}') for i in range(1, 9)]
+    chats = [dict(messages=[dict(role='user', content=p['prompt']), dict(role='assistant', content=p['response'])]) for p in pairs]
+    batch = lambda f: (lambda: f().batch(0)['input_ids'].tolist())
+    jl = tmp_path/'pairs.jsonl'; jl.write_text(''.join(json.dumps(p) + '\n' for p in pairs))
+    cases(jl, data_mutations(pairs, json.dumps, rng, 40), batch(lambda: prompt_data(jl, tok, seq_len=16, bs=2)), None, [jl.name], counts, fails, 'prompt jsonl')
+    cj = tmp_path/'chats.jsonl'; cj.write_text(''.join(json.dumps(c) + '\n' for c in chats))
+    roles = [json.dumps(dict(messages=[dict(role=r, content='w1'), dict(role='assistant', content='w2')])).encode() for r in ('', 'User', 'bot', None)] + [
+             json.dumps(dict(messages=m)).encode() for m in ([], 'w1', [dict(role='user', content='w1')], [dict(role='assistant', content=3)], [['user', 'w1']])]
+    cvars = data_mutations(chats, json.dumps, rng, 25) + [cj.read_bytes() + r + b'\n' for r in roles]
+    cases(cj, cvars, batch(lambda: chat_data(cj, tok, seq_len=16, bs=2)), None, [cj.name], counts, fails, 'chat jsonl')
+    cs = tmp_path/'pairs.csv'; good = 'prompt,response\n' + ''.join(f"{p['prompt']},{p['response']}\n" for p in pairs)
+    cs.write_text(good)
+    csvs = [b'', b'prompt,response\n', b'prompt\nw1\n', b'question,answer\nw1,w2\n', (good + '"w1 w2,w3\n').encode(), (good + 'w1,w2,w3\n').encode(),
+            (good + 'w1\n').encode(), good.encode()[:20] + b'\xff' + good.encode()[20:], b'\x00' * 32, pickle.dumps(pairs)]
+    cases(cs, csvs, batch(lambda: prompt_data(cs, tok, seq_len=16, bs=2)), None, [cs.name], counts, fails, 'prompt csv')
+    tx = tmp_path/'doc.txt'; tx.write_text(' '.join(f'w{i % 60}' for i in range(200)))
+    cases(tx, [b'', b'\n\n  \n', b'w1 w2 \xff w3', b'\xc3'], batch(lambda: text_data(tx, tok, seq_len=16, bs=2)), None, [tx.name], counts, fails, 'text')
+    pqf = tmp_path/'pairs.parquet'; pq.write_table(pa.Table.from_pylist(pairs), pqf); praw = pqf.read_bytes()
+    pvars = byte_mutations(praw, len(praw), rng, 16)[:16]
+    pq.write_table(pa.Table.from_pylist([dict(prompt=['w1'], response='w2')] * 3), tmp_path/'lists.parquet')
+    pq.write_table(pa.Table.from_pylist([dict(question='w1', answer='w2')] * 3), tmp_path/'cols.parquet')
+    pvars += [(tmp_path/'lists.parquet').read_bytes(), (tmp_path/'cols.parquet').read_bytes()]
+    cases(pqf, [v for v in pvars if v != praw], batch(lambda: prompt_data(pqf, tok, seq_len=16, bs=2)), None, [pqf.name], counts, fails, 'prompt parquet')
+    total = Counter()
+    for k, c in counts.items(): total.update(c); print(f"{k:16} {dict(c)}")
+    print(f"{'all':16} {dict(total)} ({sum(total.values())} cases)")
+    assert sum(total.values()) >= 100
+    assert not fails, f"{len(fails)} of {sum(total.values())} cases failed:\n" + '\n'.join(fails[:40])
