@@ -6,37 +6,32 @@ Docs: https://llmlite.github.io/llmlite/fsdp.html.md"""
 
 # %% ../nbs/16_fsdp.ipynb #210641fe
 from __future__ import annotations
-import math
 import torch, torch.nn as nn, torch.distributed as tdist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard, FSDPModule, MixedPrecisionPolicy, CPUOffloadPolicy, OffloadPolicy
 from torch.distributed.tensor import DTensor
 from .core import check, as_dtype, default_dtype
 from .dist import rank, world
-from .quant import QTensor, QLinear, quantize_weight, empty_qtensor, is_skipped
+from .quant import QTensor, QLinear, quantize_weight, empty_qtensor, is_skipped, split_error
 from .tokenizer import Tokenizer
 from .models import Decoder, blocks, checkpoint_blocks, check_loaded
 from .adapters import AdapterLinear, adapter_names, adapter_layers
 from .hf import open_hf_dir, derived
 
 # %% auto #0
-__all__ = ['shard_unit', 'check_world_size', 'shard', 'load_into_shards']
+__all__ = ['check_world_size', 'shard', 'load_into_shards']
 
 # %% ../nbs/16_fsdp.ipynb #7b8acf1a
-def shard_unit(w:QTensor) -> int:
-    "Weights a shard of `w` must hold a whole number of: the run covered by one entry of every inner tensor."
-    return math.lcm(*(el for el, _ in w.units().values()))
-
 def check_world_size(model:nn.Module, ws:int):
-    "Raise `LLMLiteError` naming the first 4-bit weight of `model` that can't be split evenly over `ws` ranks."
+    "Raise `LLMLiteError` naming the first 4-bit weight of `model` that FSDP2 can't split exactly over `ws` ranks."
     check(isinstance(ws, int) and ws >= 1, f"world size must be a positive integer, got {ws!r}")
     for n, p in model.named_parameters():
         if not isinstance(p, QTensor): continue
-        u = shard_unit(p)
-        ok = lambda k: k == 1 or (p.shape[0] % k == 0 and (p.numel() // k) % u == 0)   # one rank holds the whole tensor
-        good = [k for k in range(2, 65) if ok(k)]
-        check(ok(ws), f"{n}: a {p.method} weight of shape {tuple(p.shape)} can't be split over {ws} ranks (each shard needs whole rows and a multiple "
-                      f"of {u} weights); " + (f"world sizes that work: {good}" if good else "it splits over no number of ranks: quantize with hqq (64-weight groups) to shard this model"))
+        why = lambda k: split_error(p.shape, k, p.method, p.bits, p.group_size)
+        if (e := why(ws)) is None: continue
+        good = [k for k in range(2, 65) if why(k) is None]
+        check(False, f"{n}: a {p.method} weight of shape {tuple(p.shape)} can't be split over {ws} ranks ({e}); "
+                     + (f"world sizes that work: {good}" if good else "it splits over no number of ranks"))
 
 # %% ../nbs/16_fsdp.ipynb #9e0f109b
 def _mp_policy(mixed_precision, device_type):

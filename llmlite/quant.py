@@ -15,8 +15,8 @@ from .core import check, as_dtype
 __all__ = ['NF4', 'DYNAMIC', 'NESTED_BLOCK', 'METHODS', 'GROUP_SIZES', 'pack_bits', 'unpack_bits', 'dynamic_map',
            'quantize_blockwise8', 'dequantize_blockwise8', 'nf4_quantize', 'nf4_dequantize', 'hqq_quantize',
            'hqq_dequantize', 'QTensor', 'qlinear', 'quantize_weight', 'QLinear', 'quantize_linear', 'qtensor_state',
-           'qtensor_from_state', 'empty_qtensor', 'is_skipped', 'quantize', 'dequantize', 'quant_spec', 'to_bnb_state',
-           'from_bnb_state']
+           'qtensor_from_state', 'shard_unit', 'split_error', 'empty_qtensor', 'is_skipped', 'quantize', 'dequantize',
+           'quant_spec', 'to_bnb_state', 'from_bnb_state']
 
 # %% ../nbs/03_quant.ipynb #26a018be
 logging.getLogger('bitsandbytes.backends.cpu.ops').addFilter(lambda r: 'kernels-community' not in r.getMessage())
@@ -426,11 +426,27 @@ def _load_from_state_dict(self:QLinear, sd, prefix, local_metadata, strict, miss
     unexpected.extend(prefix + k for k in sub if k == 'bias' and self.bias is None)
 
 # %% ../nbs/03_quant.ipynb #b027b8cc
+def _units(method, bits, gs):
+    if method == 'hqq': return dict(qdata=_unit(bits), scale=(gs, 1), zero=(gs, 1))
+    return dict(qdata=(2, 1), absmax=(gs, 1))
+
 @patch
 def units(self:QTensor):
     "Weights per unit and entries per unit for each sharded inner tensor (the others every shard keeps whole)."
-    if self.method == 'hqq': return dict(qdata=_unit(self.bits), scale=(self.group_size, 1), zero=(self.group_size, 1))
-    return dict(qdata=(2, 1), absmax=(self.group_size, 1))
+    return _units(self.method, self.bits, self.group_size)
+
+# %% ../nbs/03_quant.ipynb #11a19aca
+def shard_unit(method:str='nf4', bits:int=4, group_size:int=64) -> int:
+    "Weights a shard must hold a whole number of: the run covered by one entry of every sharded inner tensor."
+    return math.lcm(*(el for el, _ in _units(method, bits, group_size).values()))
+
+def split_error(shape, ws:int, method:str='nf4', bits:int=4, group_size:int=64) -> str|None:
+    "Why FSDP2's dim-0 chunks can't split a `method` weight of `shape` over `ws` ranks exactly, or None when they can."
+    if ws == 1: return None
+    rows, c, u = shape[0], math.prod(shape[1:]), shard_unit(method, bits, group_size)
+    R = -(-rows // ws)
+    if -(-rows // R) < ws: return f"its {rows} rows in chunks of {R} leave {ws - -(-rows // R)} of {ws} ranks without rows"
+    if R * c % u: return f"a shard of {R} rows holds {R * c} weights, not a whole number of {u}-weight blocks"
 
 # %% ../nbs/03_quant.ipynb #31e87457
 @patch
