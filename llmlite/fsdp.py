@@ -12,7 +12,7 @@ import torch, torch.nn as nn, torch.distributed as tdist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard, FSDPModule, MixedPrecisionPolicy, CPUOffloadPolicy, OffloadPolicy
 from torch.distributed.tensor import DTensor
-from .core import check, as_dtype, default_dtype
+from .core import LLMLiteError, check, as_dtype, default_dtype
 from .dist import rank, world
 from .formats import GGUFFile
 from .quant import QTensor, QLinear, quantize_weight, empty_qtensor, is_skipped, split_error, qtensor_from_state
@@ -33,8 +33,8 @@ def check_world_size(model:nn.Module, ws:int):
         why = lambda k: split_error(p.shape, k, p.method, p.bits, p.group_size)
         if (e := why(ws)) is None: continue
         good = [k for k in range(2, 65) if why(k) is None]
-        check(False, f"{n}: a {p.method} weight of shape {tuple(p.shape)} can't be split over {ws} ranks ({e}); "
-                     + (f"world sizes that work: {good}" if good else "it splits over no number of ranks"))
+        raise LLMLiteError(f"{n}: a {p.method} weight of shape {tuple(p.shape)} can't be split over {ws} ranks ({e}); "
+                           + (f"world sizes that work: {good}" if good else "it splits over no number of ranks"))
 
 # %% ../nbs/16_fsdp.ipynb #9e0f109b
 def _mp_policy(mixed_precision, device_type):

@@ -475,8 +475,6 @@ def _(func, args, kwargs):
     return [t.rows(i, i + sz) for i in range(0, t.shape[0], sz)]
 
 # %% ../nbs/03_quant.ipynb #5e89599d
-def _nbytes(t): return t.numel() * t.element_size()
-
 @patch
 def fsdp_pre_all_gather(self:QTensor, mesh, outer_size, outer_stride, module, mp_policy):
     "FSDP2 hook: this shard's packed codes and scales to all-gather, and metadata to rebuild the whole weight."
@@ -488,7 +486,7 @@ def fsdp_pre_all_gather(self:QTensor, mesh, outer_size, outer_stride, module, mp
     pad = torch.Size([-(-shape[0] // ws), *shape[1:]])   # uneven: every input must have the padded shard's size
     full = [-(-pad.numel() // el) * en * math.prod(t.shape[1:]) * t.element_size() for (el, en), t in zip(us.values(), ins)]   # bytes in a full shard
     buf = torch.zeros(-(-sum(full) // pad.numel()) * pad.numel(), dtype=torch.uint8, device=self.device)
-    for t, o in zip(ins, [0, *itertools.accumulate(full)]): buf[o:o + _nbytes(t)] = t.reshape(-1).view(torch.uint8)
+    for t, o in zip(ins, [0, *itertools.accumulate(full)]): buf[o:o + t.numel() * t.element_size()] = t.reshape(-1).view(torch.uint8)
     return tuple(buf.view(-1, *pad).unbind(0)), meta + (full,)
 
 @patch
