@@ -6,37 +6,35 @@ Docs: https://llmlite.github.io/llmlite/fsdp.html.md"""
 
 # %% ../nbs/16_fsdp.ipynb #210641fe
 from __future__ import annotations
-import math
+from collections import Counter, defaultdict
+from pathlib import Path
 import torch, torch.nn as nn, torch.distributed as tdist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard, FSDPModule, MixedPrecisionPolicy, CPUOffloadPolicy, OffloadPolicy
 from torch.distributed.tensor import DTensor
-from .core import check, as_dtype, default_dtype
+from .core import LLMLiteError, check, as_dtype, default_dtype
 from .dist import rank, world
-from .quant import QTensor, QLinear, quantize_weight, empty_qtensor, is_skipped
+from .formats import GGUFFile
+from .quant import QTensor, QLinear, quantize_weight, empty_qtensor, is_skipped, split_error, qtensor_from_state
 from .tokenizer import Tokenizer
 from .models import Decoder, blocks, checkpoint_blocks, check_loaded
 from .adapters import AdapterLinear, adapter_names, adapter_layers
-from .hf import open_hf_dir, derived
+from .hf import KeyMap, open_hf_dir, derived, gguf_config, gguf_names, gguf_items, check_layers
 
 # %% auto #0
-__all__ = ['shard_unit', 'check_world_size', 'shard', 'load_into_shards']
+__all__ = ['check_world_size', 'shard', 'load_into_shards']
 
 # %% ../nbs/16_fsdp.ipynb #7b8acf1a
-def shard_unit(w:QTensor) -> int:
-    "Weights a shard of `w` must hold a whole number of: the run covered by one entry of every inner tensor."
-    return math.lcm(*(el for el, _ in w.units().values()))
-
 def check_world_size(model:nn.Module, ws:int):
-    "Raise `LLMLiteError` naming the first 4-bit weight of `model` that can't be split evenly over `ws` ranks."
+    "Raise `LLMLiteError` naming the first 4-bit weight of `model` that FSDP2 can't split exactly over `ws` ranks."
     check(isinstance(ws, int) and ws >= 1, f"world size must be a positive integer, got {ws!r}")
     for n, p in model.named_parameters():
         if not isinstance(p, QTensor): continue
-        u = shard_unit(p)
-        ok = lambda k: k == 1 or (p.shape[0] % k == 0 and (p.numel() // k) % u == 0)   # one rank holds the whole tensor
-        good = [k for k in range(2, 65) if ok(k)]
-        check(ok(ws), f"{n}: a {p.method} weight of shape {tuple(p.shape)} can't be split over {ws} ranks (each shard needs whole rows and a multiple "
-                      f"of {u} weights); " + (f"world sizes that work: {good}" if good else "it splits over no number of ranks: quantize with hqq (64-weight groups) to shard this model"))
+        why = lambda k: split_error(p.shape, k, p.method, p.bits, p.group_size)
+        if (e := why(ws)) is None: continue
+        good = [k for k in range(2, 65) if why(k) is None]
+        raise LLMLiteError(f"{n}: a {p.method} weight of shape {tuple(p.shape)} can't be split over {ws} ranks ({e}); "
+                           + (f"world sizes that work: {good}" if good else "it splits over no number of ranks"))
 
 # %% ../nbs/16_fsdp.ipynb #9e0f109b
 def _mp_policy(mixed_precision, device_type):
@@ -109,35 +107,64 @@ def _reset_fsdp(model):
                 for p in g.fsdp_params: p.reset_sharded_param()
 
 # %% ../nbs/16_fsdp.ipynb #455bbf47
-def load_into_shards(d, dtype, device, quant:dict|None=None, shard_kw:dict|None=None, prepare=None):
-    "Load HF directory `d` straight into an FSDP2-sharded `Decoder`: each rank reads its rows of each dense tensor, and quantizes whole weights one at a time keeping its rows."
-    h = open_hf_dir(d); d, cfg, km = h.path, h.cfg, h.km
-    check(cfg.arch in ('llama', 'mistral', 'qwen2'), f"{d}: sharded loading supports Llama-style decoders (llama, mistral, qwen2), not {cfg.arch}")
-    check('quantization_config' not in h.hf, f"{d}: sharded loading reads dense checkpoints; this one is stored quantized (load it with shard=None)")
+_QS = '.weight.quant_state.'
+
+def _state_key(name:str, stored) -> tuple|None:
+    "(linear, key relative to it) when `name` is one of the tensors of a 4-bit weight stored in the checkpoint (`weight`, `weight.absmax`, ...)."
+    path, w, rest = name.partition('.weight')
+    return (path, 'weight' + rest) if w and path in stored and rest[:1] in ('', '.') else None
+
+def _source(src:Path):
+    "(config, lazy tensors, {linear: kind} and {linear: tensor count} of the 4-bit weights stored in it, tokenizer) of a Hugging Face directory or a GGUF file."
+    if src.is_dir():
+        h = open_hf_dir(src)
+        stored = {h.km.inv(k.split(_QS)[0]): k.split(_QS)[1] for f in h.files for k in f.tensors if _QS in k}   # 'bitsandbytes__nf4' or 'llmlite__hqq'
+        need = Counter(sk[0] for f in h.files for k in f.tensors if (sk := _state_key(h.km.inv(k) or '', stored)))
+        tok = Tokenizer.from_dir(src) if (src/'tokenizer.json').exists() else None
+        return h.cfg, _lazy_tensors(h.files, h.km, {'head.weight'} if h.cfg.tie_embeddings else set()), stored, need, tok
+    g = GGUFFile(src); cfg = gguf_config(g)
+    check_layers(cfg, [KeyMap(gguf_names).inv(t) for t in g.tensors], str(src))
+    tok = Tokenizer.from_gguf(g) if 'tokenizer.ggml.tokens' in g.meta else None   # tensors are dequantized whole, one at a time, as they are reached
+    return cfg, ((f, n, tuple(w.shape), lambda r0, r1, w=w: w[r0:r1]) for f, n, w in gguf_items(g, cfg)), {}, {}, tok
+
+def load_into_shards(src, dtype, device, quant:dict|None=None, shard_kw:dict|None=None, prepare=None):
+    "Load a HF directory (dense or 4-bit) or a GGUF file straight into an FSDP2-sharded `Decoder`: each rank keeps only its rows of each tensor, one tensor at a time."
+    src = Path(src)
+    cfg, tensors, stored, need, tok = _source(src)
+    check(cfg.arch in ('llama', 'mistral', 'qwen2'), f"{src}: sharded loading supports Llama-style decoders (llama, mistral, qwen2), not {cfg.arch}")
     with torch.device('meta'):
         model = Decoder(cfg)
         for path, m in list(model.named_modules()):
-            if quant and type(m) is nn.Linear and not is_skipped(path, quant['skip']):
-                model.set_submodule(path, QLinear(empty_qtensor(m.weight.shape, dtype, quant['method'], quant['bits'], quant['group_size']), m.bias))
+            if type(m) is not nn.Linear: continue
+            if path in stored: spec = ('nf4' if stored[path] == 'bitsandbytes__nf4' else 'hqq', 4, 64)   # a placeholder: the stored layout replaces it
+            elif quant and not is_skipped(path, quant['skip']): spec = quant['method'], quant['bits'], quant['group_size']
+            else: continue
+            model.set_submodule(path, QLinear(empty_qtensor(m.weight.shape, dtype, *spec), m.bias))
     model.to(dtype)
     slots = {f"{p}.{a}" if p else a: (m, a) for p, m in model.named_modules() for a in m._parameters}  # before `prepare` wraps layers
     if prepare: prepare(model)
     shard(model, **(shard_kw or {}))
     r, ws = rank(), world()
     dev = torch.device('cpu') if (shard_kw or {}).get('cpu_offload') else device
-    for src, name, shape, read in _lazy_tensors(h.files, km, {'head.weight'} if cfg.tie_embeddings else set()):
-        check(name in slots, f"{src}: unexpected tensor {km(name)!r}")
+    held = defaultdict(dict)
+    for f, name, shape, read in tensors:
+        w = None
+        if sk := _state_key(name, stored):   # one tensor of a stored 4-bit weight: once all of its few have come, rebuild it whole
+            held[sk[0]][sk[1]] = read(0, shape[0])
+            if len(held[sk[0]]) < need[sk[0]]: continue
+            name, w = sk[0] + '.weight', qtensor_from_state(held.pop(sk[0]), name=sk[0] + '.weight')
+            shape = tuple(w.shape)
+        check(name in slots, f"{f}: unexpected tensor {name!r}")
         m, a = slots[name]
         p = m._parameters[a]
-        check(tuple(p.shape) == shape, f"{src}: tensor {name!r} has shape {shape}, the model expects {tuple(p.shape)}")
+        check(tuple(p.shape) == shape, f"{f}: tensor {name!r} has shape {shape}, the model expects {tuple(p.shape)}")
         r0, r1 = _owned(p, r, ws)
-        if isinstance(p.to_local(), QTensor):  # 4-bit statistics span the whole tensor: quantize it all, keep our rows
-            w = quantize_weight(read(0, shape[0]).to(device, dtype), quant['method'], quant['bits'], quant['group_size'], f"{name}")
-            local = w.rows(r0, r1).clone().to(dev)
+        if isinstance(p.to_local(), QTensor):  # 4-bit statistics span the whole tensor: quantize it all (unless stored so), keep our rows
+            if w is None: w = quantize_weight(read(0, shape[0]).to(device, dtype), quant['method'], quant['bits'], quant['group_size'], name)
+            local = w.rows(r0, r1).clone().to(device=dev, dtype=dtype)
         else: local = read(r0, r1).to(dev, dtype)
         _set_local(m, a, local)
     _init_adapters(model, r, ws)
     if hasattr(model, 'tie'): model.tie()
     _reset_fsdp(model)
-    tok = Tokenizer.from_dir(d) if (d/'tokenizer.json').exists() else None
-    return check_loaded(model, str(d)), tok
+    return check_loaded(model, str(src)), tok

@@ -18,7 +18,7 @@ from .quant import QLinear, quantize_linear, qtensor_from_state, is_skipped, qua
 from .tokenizer import Tokenizer
 from .models import Config, Decoder, check_loaded
 from .hf import (KeyMap, hf_keymap, open_hf_dir, build_model, hf_class, resolve, derived, task_heads, fuse, split_fused, config_to_hf, quant_config,
-                        gguf_config, gguf_names, unpermute, check_layers, check_shapes)
+                        gguf_config, gguf_names, gguf_items, check_layers, check_shapes)
 from .fsdp import shard as fsdp_shard, load_into_shards
 
 # %% auto #0
@@ -105,19 +105,6 @@ def load_hf_dir(d, dtype=None, device=None, quant:dict|None=None, task:str|None=
     tok = Tokenizer.from_dir(d) if (d/'tokenizer.json').exists() else None
     return check_loaded(model, str(d)), tok
 
-# %% ../nbs/17_loading.ipynb #b89a8c37
-def _gguf_items(g:GGUFFile, cfg:Config):
-    "Yield (file, our name, dequantized tensor) for every tensor of GGUF file `g`."
-    km = KeyMap(gguf_names)
-    for t in g.tensors:
-        name = km.inv(t)
-        check(name is not None, f"{g.path}: unexpected tensor {t!r} for a {cfg.arch} model")
-        try: w = g.get(t)
-        except Exception as e: raise LLMLiteError(f"{g.path}: tensor {t!r} cannot be dequantized ({type(e).__name__}: {e})") from None
-        if cfg.arch == 'llama' and name.endswith(('attn.wq.weight', 'attn.wk.weight')):
-            w = unpermute(w, cfg.n_heads if '.wq.' in name else cfg.n_kv_heads)
-        yield str(g.path), name, w
-
 # %% ../nbs/17_loading.ipynb #eaf60ecd
 def load_gguf(path, dtype=None, device=None, quant:dict|None=None):
     "Load a GGUF file into a `Decoder` and its `Tokenizer` (None when the file carries none)."
@@ -127,7 +114,7 @@ def load_gguf(path, dtype=None, device=None, quant:dict|None=None):
     check_layers(cfg, [km.inv(t) for t in g.tensors], str(path))
     with torch.device('meta'): model = Decoder(cfg)
     check_shapes(model, ((path, t, km.inv(t), shape) for t, (shape, _, _) in g.tensors.items()))
-    stream_into(model, _gguf_items(g, cfg), dtype, device, quant)
+    stream_into(model, gguf_items(g, cfg), dtype, device, quant)
     tok = Tokenizer.from_gguf(g) if 'tokenizer.ggml.tokens' in g.meta else None
     return check_loaded(model, str(path)), tok
 
@@ -148,7 +135,6 @@ def load(src, dtype=None, device=None,
     if shard:
         check(tdist.is_available() and tdist.is_initialized(), "load(shard=...) needs a process group: start the job with `dist.launch` or torchrun")
     if shard and world() > 1:
-        check(p.is_dir(), f"{p}: sharded loading reads Hugging Face safetensors directories")
         model, tok = load_into_shards(p, dtype, device, q, kw, prepare)
     else:
         model, tok = load_gguf(p, dtype, device, q) if p.is_file() or p.suffix == '.gguf' else load_hf_dir(p, dtype, device, q, task)

@@ -7,6 +7,7 @@ Docs: https://llmlite.github.io/llmlite/plan.html.md"""
 # %% ../nbs/15_plan.ipynb #c56d8d93
 from __future__ import annotations
 from .core import check, as_dtype
+from .quant import split_error
 from .models import Config
 
 # %% auto #0
@@ -14,7 +15,6 @@ __all__ = ['plan']
 
 # %% ../nbs/15_plan.ipynb #56b87db9
 _QBYTES = dict(nf4=0.5 + 1 / 64 + 4 / (64 * 256), hqq=0.5 + 4 / 64)  # bytes per weight: codes + scales (HQQ: fp16 scale and zero per 64)
-_UNIT = dict(nf4=64 * 256, hqq=64)  # weights a shard must hold whole runs of
 _GiB = 2**30
 
 _NAMES = ('wq', 'wk', 'wv', 'wo', 'gate', 'up', 'down')
@@ -42,8 +42,8 @@ def plan(cfg, world_size:int=1, device_mem_gib:float=24., seq_len:int=2048, bs:i
     lins = list(_linears(c).values()); ad = [_linears(c)[n] for n in tg]
     if quant:
         for i, o in lins:
-            ok = ws == 1 or (o % ws == 0 and (i * o // ws) % _UNIT[quant] == 0)   # one rank holds every weight whole
-            check(ok, f"{c.name or 'config'}: a {quant} weight of shape ({o}, {i}) can't be split over {ws} ranks (each shard needs whole rows and a multiple of {_UNIT[quant]} weights)")
+            e = split_error((o, i), ws, quant)   # fsdp.shard's own rule
+            check(e is None, f"{c.name or 'config'}: a {quant} weight of shape ({o}, {i}) can't be split over {ws} ranks ({e})")
     qb = _QBYTES[quant] if quant else db
     blk_w = sum(i * o for i, o in lins)
     frozen = c.n_layers * blk_w * qb / ws

@@ -6,7 +6,7 @@ Docs: https://llmlite.github.io/llmlite/quant.html.md"""
 
 # %% ../nbs/03_quant.ipynb #48eb4d0e
 from __future__ import annotations
-import functools, json, logging, math, re
+import functools, itertools, json, logging, math, re
 import torch, torch.nn as nn, torch.nn.functional as F
 from fastcore.basics import patch
 from .core import check, as_dtype
@@ -15,8 +15,8 @@ from .core import check, as_dtype
 __all__ = ['NF4', 'DYNAMIC', 'NESTED_BLOCK', 'METHODS', 'GROUP_SIZES', 'pack_bits', 'unpack_bits', 'dynamic_map',
            'quantize_blockwise8', 'dequantize_blockwise8', 'nf4_quantize', 'nf4_dequantize', 'hqq_quantize',
            'hqq_dequantize', 'QTensor', 'qlinear', 'quantize_weight', 'QLinear', 'quantize_linear', 'qtensor_state',
-           'qtensor_from_state', 'empty_qtensor', 'is_skipped', 'quantize', 'dequantize', 'quant_spec', 'to_bnb_state',
-           'from_bnb_state']
+           'qtensor_from_state', 'shard_unit', 'split_error', 'empty_qtensor', 'is_skipped', 'quantize', 'dequantize',
+           'quant_spec', 'to_bnb_state', 'from_bnb_state']
 
 # %% ../nbs/03_quant.ipynb #26a018be
 logging.getLogger('bitsandbytes.backends.cpu.ops').addFilter(lambda r: 'kernels-community' not in r.getMessage())
@@ -139,6 +139,9 @@ def _nf4_pairs(device):
 def _nf4_absmax(st, backend='torch'):
     "fp32 per-block absmax from a double-quantized (or plain fp32) state; `backend='bnb'`: bitsandbytes' kernel for the nested codes."
     if st['absmax'].dtype != torch.uint8: return st['absmax'].float()
+    if 'start' in st:  # a shard (`QTensor.rows`): its blocks start at block `start` of the weight whose nested absmax it holds
+        i = (st['start'] + torch.arange(st['absmax'].numel(), device=st['absmax'].device)) // NESTED_BLOCK
+        return _dynamic(st['absmax'].device)[st['absmax'].int()] * st['nested_absmax'][i] + st['offset']
     if backend == 'bnb': return torch.ops.bitsandbytes.dequantize_blockwise.default(st['absmax'], st['nested_absmax'], _dynamic(st['absmax'].device), NESTED_BLOCK, torch.float32) + st['offset']
     return dequantize_blockwise8(st['absmax'], st['nested_absmax']) + st['offset']
 
@@ -218,7 +221,6 @@ def hqq_dequantize(st:dict, shape, dtype=torch.float32, bits:int=4, group_size:i
 # %% ../nbs/03_quant.ipynb #e2651fac
 METHODS = dict(nf4={4}, hqq={2, 3, 4, 8})
 GROUP_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
-_REPLICATED = {'offset'}  # inner tensors that every shard keeps whole
 
 class QTensor(torch.Tensor):
     "A frozen quantized weight: looks like a dense `shape`/`dtype` tensor, holds packed codes and scales."
@@ -424,12 +426,27 @@ def _load_from_state_dict(self:QLinear, sd, prefix, local_metadata, strict, miss
     unexpected.extend(prefix + k for k in sub if k == 'bias' and self.bias is None)
 
 # %% ../nbs/03_quant.ipynb #b027b8cc
+def _units(method, bits, gs):
+    if method == 'hqq': return dict(qdata=_unit(bits), scale=(gs, 1), zero=(gs, 1))
+    return dict(qdata=(2, 1), absmax=(gs, 1))
+
 @patch
 def units(self:QTensor):
-    "Weights per unit and entries per unit for each sharded inner tensor."
-    if self.method == 'hqq': return dict(qdata=_unit(self.bits), scale=(self.group_size, 1), zero=(self.group_size, 1))
-    gs = self.group_size
-    return dict(qdata=(2, 1), absmax=(gs, 1), nested_absmax=(gs * NESTED_BLOCK, 1))
+    "Weights per unit and entries per unit for each sharded inner tensor (the others every shard keeps whole)."
+    return _units(self.method, self.bits, self.group_size)
+
+# %% ../nbs/03_quant.ipynb #11a19aca
+def shard_unit(method:str='nf4', bits:int=4, group_size:int=64) -> int:
+    "Weights a shard must hold a whole number of: the run covered by one entry of every sharded inner tensor."
+    return math.lcm(*(el for el, _ in _units(method, bits, group_size).values()))
+
+def split_error(shape, ws:int, method:str='nf4', bits:int=4, group_size:int=64) -> str|None:
+    "Why FSDP2's dim-0 chunks can't split a `method` weight of `shape` over `ws` ranks exactly, or None when they can."
+    if ws == 1: return None
+    rows, c, u = shape[0], math.prod(shape[1:]), shard_unit(method, bits, group_size)
+    R = -(-rows // ws)
+    if -(-rows // R) < ws: return f"its {rows} rows in chunks of {R} leave {ws - -(-rows // R)} of {ws} ranks without rows"
+    if R * c % u: return f"a shard of {R} rows holds {R * c} weights, not a whole number of {u}-weight blocks"
 
 # %% ../nbs/03_quant.ipynb #31e87457
 @patch
@@ -437,14 +454,17 @@ def rows(self:QTensor, r0:int, r1:int):
     "Rows `r0:r1` as a QTensor that shares storage with `self`, if they fall on whole blocks."
     c, n = self.numel() // self.shape[0], self.numel()
     a, b = r0 * c, min(r1, self.shape[0]) * c
-    out = {}
+    out, us = {}, self.units()
     for k, t in self.inner.items():
-        if k in _REPLICATED: out[k] = t; continue
-        el, en = self.units()[k]
+        if k not in us: out[k] = t; continue   # replicated: the nested absmax and offset of the whole weight
+        el, en = us[k]
         check(a % el == 0 and (b % el == 0 or b == n),
               f"can't shard a {self.method} weight of shape {tuple(self.shape)} at rows {r0}:{r1}: "
               f"each shard's element count must be a multiple of {el} (its {k} covers {el} weights per entry)")
-        out[k] = t[a // el * en:(b // el * en if b < n else None)]
+        out[k] = t[a // el * en:-(-b // el) * en]
+    if 'nested_absmax' in out:   # where the shard's blocks sit among the nested blocks; a view from row 0 shares it, so `copy_` into it lands
+        s = out.get('start', torch.zeros((), dtype=torch.int64, device=self.device))
+        out['start'] = s if a == 0 and 'start' in out else s + a // self.group_size
     return QTensor(out, self.method, self.bits, self.group_size, torch.Size([min(r1, self.shape[0]) - r0, *self.shape[1:]]), self.dtype)
 
 # %% ../nbs/03_quant.ipynb #f2d579fd
@@ -458,29 +478,44 @@ def _(func, args, kwargs):
 @patch
 def fsdp_pre_all_gather(self:QTensor, mesh, outer_size, outer_stride, module, mp_policy):
     "FSDP2 hook: this shard's packed codes and scales to all-gather, and metadata to rebuild the whole weight."
-    ws = mesh.size()
-    check(outer_size[0] % ws == 0, f"FSDP2 must shard a quantized weight evenly: shape {tuple(outer_size)} over {ws} ranks")
-    sharded = [k for k in self.names if k not in _REPLICATED]
-    rep = {k: getattr(self, k) for k in self.names if k in _REPLICATED}
-    return tuple(getattr(self, k) for k in sharded), (self.names, sharded, rep, self.method, self.bits, self.group_size, torch.Size(outer_size))
+    ws, us, shape = mesh.size(), self.units(), torch.Size(outer_size)
+    ins = [getattr(self, k) for k in us]
+    rep = {k: getattr(self, k) for k in self.names if k not in us and k != 'start'}
+    meta = ([k for k in self.names if k != 'start'], [(t.dtype, t.shape[1:]) for t in ins], rep, shape, ws)
+    if shape[0] % ws == 0: return tuple(ins), meta + (None,)
+    pad = torch.Size([-(-shape[0] // ws), *shape[1:]])   # uneven: every input must have the padded shard's size
+    full = [-(-pad.numel() // el) * en * math.prod(t.shape[1:]) * t.element_size() for (el, en), t in zip(us.values(), ins)]   # bytes in a full shard
+    buf = torch.zeros(-(-sum(full) // pad.numel()) * pad.numel(), dtype=torch.uint8, device=self.device)
+    for t, o in zip(ins, [0, *itertools.accumulate(full)]): buf[o:o + t.numel() * t.element_size()] = t.reshape(-1).view(torch.uint8)
+    return tuple(buf.view(-1, *pad).unbind(0)), meta + (full,)
 
 @patch
 def fsdp_post_all_gather(self:QTensor, outputs, metadata, param_dtype, *, out=None):
     "FSDP2 hook: the unsharded QTensor from the all-gathered tensors (or fill `out` in place)."
-    names, sharded, rep, method, bits, gs, shape = metadata
-    got = dict(zip(sharded, outputs)) | rep
+    names, kinds, rep, shape, ws, full = metadata
+    us = self.units()
+    if full is None: got = dict(zip(us, outputs))
+    else:   # rank j's bytes are row j of the gathered buffers; each inner tensor is its ranks' real bytes, in order
+        per, c, R, got = torch.cat([o.reshape(ws, -1) for o in outputs], 1), shape.numel() // shape[0], -(-shape[0] // ws), {}
+        for (k, (el, en)), (dt, tail), o in zip(us.items(), kinds, [0, *itertools.accumulate(full)]):
+            ends = [min(j * R, shape[0]) * c for j in range(ws + 1)]
+            sz = [(-(-b // el) - a // el) * en * math.prod(tail) * dt.itemsize for a, b in zip(ends, ends[1:])]
+            got[k] = torch.cat([per[j, o:o + s] for j, s in enumerate(sz)]).view(dt).view(-1, *tail)
+    got |= rep
     if out is not None:
         for k in names:
             if getattr(out, k).data_ptr() != got[k].data_ptr(): getattr(out, k).copy_(got[k])
         return
-    return QTensor({k: got[k] for k in names}, method, bits, gs, shape, param_dtype), tuple(outputs)
+    return QTensor({k: got[k] for k in names}, self.method, self.bits, self.group_size, shape, param_dtype), tuple(got[k] for k in us)
 
 # %% ../nbs/03_quant.ipynb #309726c6
 @_impl(_aten.new_zeros.default)
 def _(func, args, kwargs):
     t, size = args[0], torch.Size(args[1])
-    check(size[1:] == t.shape[1:] and size[0] <= t.shape[0], f"QTensor.new_zeros: {tuple(size)} is not a block of rows of {tuple(t.shape)}")
-    return t.rows(0, size[0])._new(torch.zeros_like)
+    check(size[1:] == t.shape[1:], f"QTensor.new_zeros: {tuple(size)} is not a block of rows of {tuple(t.shape)}")
+    n, us = size.numel(), t.units()   # a padded shard may hold more rows than `t`; replicated tensors keep their size
+    z = {k: v.new_zeros(-(-n // us[k][0]) * us[k][1], *v.shape[1:]) if k in us else torch.zeros_like(v) for k, v in t.inner.items()}
+    return QTensor(z, t.method, t.bits, t.group_size, size, t.dtype).rows(0, size[0])
 
 @_impl(_aten.narrow.default, _aten.slice.Tensor)
 def _(func, args, kwargs):

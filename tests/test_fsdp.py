@@ -17,7 +17,7 @@ from llmlite.plan import plan
 STEPS = 6
 
 def tiny(dim=256, hidden=512):
-    "2-layer NF4 + LoRA decoder; dim 256 so every 4-bit weight splits into whole 64x256-weight units over 2 ranks."
+    "2-layer NF4 + LoRA decoder."
     torch.manual_seed(0)
     m = quantize(Decoder(Config(vocab_size=256, dim=dim, n_layers=2, n_heads=4, hidden=hidden, max_seq_len=64)), 'nf4')
     add_adapters(m, 'lora', r=4)
@@ -125,11 +125,47 @@ def test_killed_rank_fails_fast_and_resumes(ref, tmp_path):
 
 def test_bad_world_size_and_wrong_checkpoint(two):
     tmp, _ = two
-    with pytest.raises(LLMLiteError, match=r"blocks.0.attn.wq.base.weight: a nf4 weight of shape \(256, 256\) can't be split over 3 ranks"): check_world_size(tiny(), 3)
-    with pytest.raises(LLMLiteError, match=r"can.t be split over 2 ranks.*splits over no number of ranks"): check_world_size(tiny(128, 256), 2)
+    for ws in (2, 3, 4): check_world_size(tiny(), ws); check_world_size(tiny(128, 576), ws)
+    with pytest.raises(LLMLiteError, match=r"blocks.0.attn.wq.weight: a nf4 weight of shape \(72, 72\) can't be split over 2 ranks \(a shard of 36 rows holds 2592 weights"):
+        check_world_size(quantize(Decoder(Config(vocab_size=256, dim=72, n_layers=2, n_heads=4, hidden=256)), 'nf4'), 2)
     m = tiny(256, 1024)
     with pytest.raises(LLMLiteError, match=r"checkpoint is from another model: 'blocks.0.mlp.gate.lora_b.default' has shape \[512, 4\] there, \[1024, 4\] here"):
         load_checkpoint(m, opt_for(m), read_checkpoint(tmp/'ck_two'))
+
+WIDE = [dict(dim=128, hidden=576), dict(dim=128, hidden=577)]   # 128- and 576-wide layers (SmolLM2's width); 577 rows split unevenly, 289 + 288
+WSTEPS = 10
+
+def gathered_equal(m, ref):
+    "For each block: all-gather it through QTensor's hooks and compare every 4-bit weight's inner tensors with the unsharded model's, byte for byte."
+    got = []
+    for i, b in enumerate(m.blocks):
+        b.unshard()
+        got += [p.names == ref[n].names and all(torch.equal(getattr(p, k), v) and getattr(p, k).dtype == v.dtype for k, v in ref[n].inner.items())
+                for n, p in b.named_parameters(prefix=f"blocks.{i}") if n in ref]
+        b.reshard()
+    return got
+
+def wide_work(out):
+    "2 ranks: per model of WIDE, whether the gathered weights equal the unsharded ones, the packed bytes each rank holds, 10 QLoRA steps' losses."
+    torch.set_num_threads(1)
+    res = []
+    for kw in WIDE:
+        ref = {n: p for n, p in tiny(**kw).named_parameters() if isinstance(p, QTensor)}
+        m = shard(tiny(**kw)); o = opt_for(m)
+        held = [None] * dist.get_world_size()
+        dist.all_gather_object(held, sum(p.to_local().qdata.numel() for n, p in m.named_parameters() if n in ref))
+        res.append(dict(same=gathered_equal(m, ref), held=held, whole=sum(p.qdata.numel() for p in ref.values()), losses=[step(m, o, i) for i in range(WSTEPS)]))
+    if dist.get_rank() == 0: open(out, 'w').write(json.dumps(res))
+
+def test_any_shape_two_ranks(tmp_path):
+    "NF4 QLoRA on 128- and 576-wide layers (and rows that split unevenly) over 2 ranks: gathered 4-bit weights are the unsharded bytes, each rank holds its half, 10 steps' losses are one process's."
+    launch(wide_work, 2, str(tmp_path/'wide.json'), timeout=60)
+    for kw, r in zip(WIDE, json.loads((tmp_path/'wide.json').read_text())):
+        m = tiny(**kw); o = opt_for(m); want = [step(m, o, i) for i in range(WSTEPS)]
+        print(kw, 'max |loss difference| over', WSTEPS, 'steps:', max(abs(a - b) for a, b in zip(r['losses'], want)), 'packed bytes per rank', r['held'], 'of', r['whole'])
+        assert len(r['same']) == 14 and all(r['same']), r['same']
+        assert sum(r['held']) == r['whole'] and max(r['held']) < r['whole'] * 0.51, r
+        assert max(abs(a - b) for a, b in zip(r['losses'], want)) < 1e-5, (r['losses'], want)
 
 MEM = dict(vocab_size=8192, dim=1024, n_layers=4, n_heads=8, hidden=2048, max_seq_len=1024)
 def mem_work(out, bs, T):
