@@ -55,7 +55,7 @@ class AdapterLinear(nn.Module):
     "A linear layer (dense or 4-bit) carrying named LoRA/DoRA adapters, at most one of them active."
     def __init__(self, base:nn.Module):
         super().__init__()
-        self.base, self.cfgs, self.active, self.disabled, self.rows, self._w2 = base, {}, None, False, None, None
+        self.base, self.cfgs, self.active, self.disabled, self.rows, self._w2, self._g = base, {}, None, False, None, None, {}
         self.lora_a, self.lora_b, self.magnitude = nn.ParameterDict(), nn.ParameterDict(), nn.ParameterDict()
         self.train(base.training)  # join the model in its current mode
 
@@ -306,6 +306,17 @@ def unload_adapters(model:nn.Module):
 def _rows_of(rows:list, n, device): return torch.tensor([j for j, r in enumerate(rows) if r == n], device=device)
 
 @patch
+def dora_scale(self:AdapterLinear, n:str, dt) -> torch.Tensor:
+    "DoRA's `m / ||W + s·B·A||` of adapter `n` in dtype `dt`; without autograd it is kept until one of its weights changes (a server computes it once, not every step)."
+    ps = (self.lora_a[n], self.lora_b[n], self.magnitude[n], self.base.weight)
+    vs, hit = [p._version for p in ps], self._g.get(n)
+    if torch.is_grad_enabled() or hit is None or any(p is not q for p, q in zip(hit[0], ps)) or hit[1] != vs or hit[2].dtype != dt:
+        g = (self.magnitude[n] / self.dora_norm(n, F.linear(self.lora_a[n].to(dt), dense_weight(self.base, dt)))).to(dt)
+        if torch.is_grad_enabled(): return g
+        self._g[n] = hit = ps, vs, g
+    return hit[2]
+
+@patch
 def forward_rows(self:AdapterLinear, x, rows:list):
     "Row `i` of `x` (B, ..., in) through adapter `rows[i]` (None, or one this layer lacks: the base), with one product by the base weight for all rows."
     dt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
@@ -317,7 +328,7 @@ def forward_rows(self:AdapterLinear, x, rows:list):
         a, b = self.lora_a[n].to(dt), self.lora_b[n].to(dt)
         z = F.linear(F.linear(x[i], a).mul_(c.scale), b)
         if c.kind == 'lora': y.index_add_(0, i, z); continue
-        g = (self.magnitude[n] / self.dora_norm(n, F.linear(a, dense_weight(self.base, dt)))).to(dt)
+        g = self.dora_scale(n, dt)
         z += y[i] if bias is None else y[i] - bias.to(dt)
         y.index_copy_(0, i, z * g if bias is None else torch.addcmul(bias.to(dt), z, g))
     return y
@@ -333,10 +344,9 @@ def forward_rows(self:TrainedCopy, x, rows:list):
 @contextmanager
 def adapter_rows(model:nn.Module, names:list):
     "Context manager: inside it row `i` of each batch `model` computes goes through adapter `names[i]` (None: the base model)."
-    have = adapter_names(model)
-    bad = [n for n in dict.fromkeys(names) if n is not None and n not in have]
-    check(not bad, f"no adapter named {bad[0]!r}; the model has {have}" if bad else '')
-    ms = [*adapter_layers(model).values(), *trained_copies(model).values()]
+    ms = [m for m in model.modules() if isinstance(m, (AdapterLinear, TrainedCopy))]
+    bad = [n for n in dict.fromkeys(names) if n is not None and not any(n in (m.cfgs if isinstance(m, AdapterLinear) else m.copies) for m in ms)]
+    check(not bad, f"no adapter named {bad[0]!r}; the model has {adapter_names(model)}" if bad else '')
     old = [m.rows for m in ms]
     for m in ms: m.rows = list(names)
     try: yield model
