@@ -18,7 +18,8 @@ from .quant import QTensor, QLinear, quantize_linear
 # %% auto #0
 __all__ = ['KINDS', 'AdapterConfig', 'dense_weight', 'AdapterLinear', 'TrainedCopy', 'trained_copies', 'linear_layers',
            'adapter_layers', 'find_targets', 'adapter_names', 'set_adapter', 'add_adapters', 'dense_copy', 'ParamCount',
-           'trainable_params', 'disable_adapters', 'delete_adapter', 'unload_adapters', 'merge_adapters']
+           'trainable_params', 'disable_adapters', 'delete_adapter', 'unload_adapters', 'adapter_rows',
+           'merge_adapters']
 
 # %% ../nbs/08_adapters.ipynb #c45eba0b
 KINDS = ('lora', 'dora')
@@ -54,7 +55,7 @@ class AdapterLinear(nn.Module):
     "A linear layer (dense or 4-bit) carrying named LoRA/DoRA adapters, at most one of them active."
     def __init__(self, base:nn.Module):
         super().__init__()
-        self.base, self.cfgs, self.active, self.disabled, self._w2 = base, {}, None, False, None
+        self.base, self.cfgs, self.active, self.disabled, self.rows, self._w2, self._g = base, {}, None, False, None, None, {}
         self.lora_a, self.lora_b, self.magnitude = nn.ParameterDict(), nn.ParameterDict(), nn.ParameterDict()
         self.train(base.training)  # join the model in its current mode
 
@@ -139,7 +140,11 @@ class _Adapted(torch.autograd.Function):
 # %% ../nbs/08_adapters.ipynb #6e040a85
 @patch
 def forward(self:AdapterLinear, x):
-    n = self.active
+    rows = self.rows   # set by `adapter_rows`: one adapter per row of the batch
+    if rows is not None:
+        check(len(rows) == x.shape[0], f"adapter_rows: {len(rows)} adapter names for a batch of {x.shape[0]} rows")
+        if len(set(rows)) > 1 and not self.disabled: return self.forward_rows(x, rows)
+    n = self.active if rows is None else rows[0]
     if self.disabled or n not in self.cfgs: return self.base(x)
     dt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype   # every operand in one dtype
     c, bias = self.cfgs[n], self.base.bias
@@ -154,8 +159,12 @@ class TrainedCopy(nn.Module):
     "A module trained in full along with adapters (PEFT's `modules_to_save`, e.g. a new classifier head): a copy per adapter, the original when none is active."
     def __init__(self, base:nn.Module):
         super().__init__()
-        self.base, self.copies, self.active, self.disabled = base, nn.ModuleDict(), None, False
-    def forward(self, *args, **kw): return (self.base if self.disabled or self.active not in self.copies else self.copies[self.active])(*args, **kw)
+        self.base, self.copies, self.active, self.disabled, self.rows = base, nn.ModuleDict(), None, False, None
+    def forward(self, *args, **kw):
+        rows = self.rows
+        if rows is not None and len(set(rows)) > 1 and not self.disabled: return self.forward_rows(*args, rows=rows)
+        n = self.active if rows is None else rows[0]
+        return (self.base if self.disabled or n not in self.copies else self.copies[n])(*args, **kw)
 
 def trained_copies(model:nn.Module) -> dict:
     "`{path: TrainedCopy}` of `model`."
@@ -292,6 +301,58 @@ def unload_adapters(model:nn.Module):
     "Remove every adapter: `model` is its base model again (its parameters stay frozen)."
     for n in adapter_names(model): delete_adapter(model, n)
     return model
+
+# %% ../nbs/08_adapters.ipynb #839ae998
+def _rows_of(rows:list, n, device): return torch.tensor([j for j, r in enumerate(rows) if r == n], device=device)
+
+@patch
+def dora_scale(self:AdapterLinear, n:str, dt) -> torch.Tensor:
+    "DoRA's `m / ||W + s·B·A||` of adapter `n` in dtype `dt`; without autograd it is kept until one of its weights changes (a server computes it once, not every step)."
+    ps = (self.lora_a[n], self.lora_b[n], self.magnitude[n], self.base.weight)
+    vs, hit = [p._version for p in ps], self._g.get(n)
+    if torch.is_grad_enabled() or hit is None or any(p is not q for p, q in zip(hit[0], ps)) or hit[1] != vs or hit[2].dtype != dt:
+        g = (self.magnitude[n] / self.dora_norm(n, F.linear(self.lora_a[n].to(dt), dense_weight(self.base, dt)))).to(dt)
+        if torch.is_grad_enabled(): return g
+        self._g[n] = hit = ps, vs, g
+    return hit[2]
+
+@patch
+def forward_rows(self:AdapterLinear, x, rows:list):
+    "Row `i` of `x` (B, ..., in) through adapter `rows[i]` (None, or one this layer lacks: the base), with one product by the base weight for all rows."
+    dt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+    x = x.to(dt)
+    y, bias = self.base(x).to(dt), self.base.bias
+    for n in dict.fromkeys(rows):
+        if n not in self.cfgs: continue
+        c, i = self.cfgs[n], _rows_of(rows, n, x.device)
+        a, b = self.lora_a[n].to(dt), self.lora_b[n].to(dt)
+        z = F.linear(F.linear(x[i], a).mul_(c.scale), b)
+        if c.kind == 'lora': y.index_add_(0, i, z); continue
+        g = self.dora_scale(n, dt)
+        z += y[i] if bias is None else y[i] - bias.to(dt)
+        y.index_copy_(0, i, z * g if bias is None else torch.addcmul(bias.to(dt), z, g))
+    return y
+
+@patch
+def forward_rows(self:TrainedCopy, x, rows:list):
+    "Row `i` of `x` through the copy of adapter `rows[i]` (the original where it has none)."
+    y = self.base(x)
+    for n in dict.fromkeys(rows):
+        if n in self.copies: i = _rows_of(rows, n, x.device); y.index_copy_(0, i, self.copies[n](x[i]).to(y.dtype))
+    return y
+
+@contextmanager
+def adapter_rows(model:nn.Module, names:list):
+    "Context manager: inside it row `i` of each batch `model` computes goes through adapter `names[i]` (None: the base model)."
+    ms = [m for m in model.modules() if isinstance(m, (AdapterLinear, TrainedCopy))]
+    bad = [n for n in dict.fromkeys(names) if n is not None and not any(n in (m.cfgs if isinstance(m, AdapterLinear) else m.copies) for m in ms)]
+    check(not bad, f"no adapter named {bad[0]!r}; the model has {adapter_names(model)}" if bad else '')
+    old = [m.rows for m in ms]
+    for m in ms: m.rows = list(names)
+    try: yield model
+    finally:
+        for m, o in zip(ms, old): m.rows = o
+
 
 # %% ../nbs/08_adapters.ipynb #8b9e22b4
 @patch

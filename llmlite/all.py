@@ -30,6 +30,7 @@ from .plan import *
 from .fsdp import *
 from .loading import *
 from .eval import *
+from .serve import *
 from .learner import *
 from .cli import *
 from .jobs import *
@@ -37,5 +38,5 @@ from .jobs import *
 # %% ../nbs/99_all.ipynb #6e76ea21
 import importlib as _il
 _modules = ('errors', 'core', 'dist', 'formats', 'quant', 'attention', 'tokenizer', 'data', 'cache', 'models', 'adapters', 'store', 'encoders', 'seq2seq', 'hf',
-            'peft', 'generate', 'checkpoints', 'plan', 'fsdp', 'loading', 'eval', 'learner', 'cli', 'jobs')
+            'peft', 'generate', 'checkpoints', 'plan', 'fsdp', 'loading', 'eval', 'serve', 'learner', 'cli', 'jobs')
 __all__ = [n for m in _modules for n in _il.import_module(f'llmlite.{m}').__all__]

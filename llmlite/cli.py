@@ -1,4 +1,4 @@
-"""The `llmlite` command: `finetune`, `generate`, `eval`, `quantize`, `merge`, `plan`, each a thin layer over the Python API, configured by a TOML/YAML file plus flag overrides. `llmlite finetune` with no arguments runs the embedded default job.
+"""The `llmlite` command: `finetune`, `generate`, `eval`, `quantize`, `merge`, `serve`, `plan`, each a thin layer over the Python API, configured by a TOML/YAML file plus flag overrides. `llmlite finetune` with no arguments runs the embedded default job.
 
 Docs: https://llmlite.github.io/llmlite/cli.html.md"""
 
@@ -6,7 +6,7 @@ Docs: https://llmlite.github.io/llmlite/cli.html.md"""
 
 # %% auto #0
 __all__ = ['commands', 'default_model', 'bundled', 'validate', 'read_config', 'add_options', 'options', 'check_inputs',
-           'Finetune', 'Tokenize', 'Generate', 'Eval', 'Quantize', 'Merge', 'Plan', 'parser', 'parse', 'main']
+           'Finetune', 'Tokenize', 'Generate', 'Eval', 'Quantize', 'Merge', 'Plan', 'Serve', 'parser', 'parse', 'main']
 
 # %% ../nbs/20_cli.ipynb #c6dcd025
 import argparse, difflib, importlib, importlib.resources, importlib.util, sys, tomllib, types, typing
@@ -88,6 +88,7 @@ def add_options(p:argparse.ArgumentParser, cls):
         d = f.default if f.default in ('', None) or not isinstance(f.default, str) else f.default   # '' and None shown as such; other strings bare
         help = ((doc.get(f.name) or f.name.replace('_', ' ')) + ('' if f.default is None else f" (default: {d!r})" if d == '' else f" (default: {d})")).replace('%', '%%')
         if t is bool: p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help)
+        elif t is list: p.add_argument(flag, action='append', default=None, metavar='VALUE', help=help + ' (repeat the flag for more)')
         elif typing.get_origin(t) is Literal: p.add_argument(flag, choices=t.__args__, type=type(t.__args__[0]), default=None, help=help)
         else: p.add_argument(flag, type=t, default=None, metavar=t.__name__.upper(), help=help)
     p.add_argument('--config', metavar='FILE', help='TOML or YAML file of options (flags override it)')
@@ -239,6 +240,34 @@ class Plan:
     json:bool = False            # print the plan as one JSON line
     def __post_init__(self): validate(self, positive='world_size device_mem seq_len bs r', nonneg='dropout')
 
+# %% ../nbs/20_cli.ipynb #92d43ddf
+@dataclass
+class Serve:
+    "Options of `llmlite serve`."
+    model:str|None = None        # HF directory, .gguf file or hub id of the base (None: the embedded SmolLM2-135M-Instruct)
+    adapter:list|None = None     # NAME=DIR: serve the PEFT adapter in DIR as model NAME
+    quant:Literal['nf4', 'hqq', ''] = '' # quantize the base while loading ('': as stored)
+    name:str = 'base'            # the model name that selects the base, without an adapter
+    host:str = '127.0.0.1'       # address to listen on (127.0.0.1: this machine only)
+    port:int = 8000              # port to listen on
+    max_batch:int = 16           # requests decoded together
+    max_queue:int = 64           # requests waiting to join the batch; more are refused with HTTP 429
+    max_tokens:int = 512         # the most tokens one request generates
+    def __post_init__(self):
+        validate(self, positive='port max_batch max_queue max_tokens')
+        seen = [self.name]
+        for a in self.adapter or []:
+            n, _, d = a.partition('=') if isinstance(a, str) else ('', '', '')
+            check(n and d and '.' not in n, f"adapter={a!r}: give NAME=DIR (a name without '.', then the adapter's directory)")
+            check(n not in seen, f"adapter={a!r}: the name {n!r} is taken " + ("by the base (--name)" if n == self.name else "by another adapter"))
+            check((Path(d).expanduser()/'adapter_config.json').is_file(), f"adapter={a!r}: {d}: not an adapter directory (no adapter_config.json)")
+            seen.append(n)
+
+    @property
+    def adapters(self) -> dict:
+        "`{name: directory}` of the adapters to serve."
+        return {n: Path(d).expanduser() for n, _, d in (a.partition('=') for a in self.adapter or [])}
+
 # %% ../nbs/20_cli.ipynb #55763a01
 commands = {'finetune': (Finetune, 'finetune', 'QLoRA/QDoRA fine-tune (no arguments: the embedded default job)'),
             'generate': (Generate, 'run_generate', 'generate text from a prompt'),
@@ -246,6 +275,7 @@ commands = {'finetune': (Finetune, 'finetune', 'QLoRA/QDoRA fine-tune (no argume
             'quantize': (Quantize, 'run_quantize', 'quantize a model and save it (NF4 as a bitsandbytes-4bit checkpoint)'),
             'merge': (Merge, 'run_merge', 'merge an adapter into its base and save a dense model'),
             'tokenize': (Tokenize, 'run_tokenize', 'tokenize a corpus once into a token store for training'),
+            'serve': (Serve, 'run_serve', 'serve a model and its adapters over HTTP with OpenAI\'s API, batching requests as they come'),
             'plan': (Plan, 'run_plan', 'predict peak memory per device of a (Q)LoRA job, term by term, and whether it fits')}
 
 # %% ../nbs/20_cli.ipynb #4c70f671

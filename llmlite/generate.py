@@ -7,6 +7,7 @@ Docs: https://llmlite.github.io/llmlite/generate.html.md"""
 # %% ../nbs/13_generate.ipynb #6811e5f0
 from __future__ import annotations
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import torch
@@ -14,11 +15,12 @@ from safetensors.torch import save_file
 from .core import LLMLiteError, check
 from .formats import atomic_write, SafetensorsFile
 from .cache import CacheConfig
+from .adapters import adapter_rows
 from .seq2seq import EncoderDecoder
 
 # %% auto #0
-__all__ = ['sample', 'Prefix', 'make_prefix', 'save_prefix', 'load_prefix', 'generate_ids', 'generate', 'stream',
-           'generate_seq2seq']
+__all__ = ['sample', 'Prefix', 'make_prefix', 'save_prefix', 'load_prefix', 'generate_ids', 'encode_prompt', 'generate',
+           'TextStream', 'stream', 'generate_seq2seq']
 
 # %% ../nbs/13_generate.ipynb #9ced7b25
 def sample(logits, temperature:float=0., top_k:int|None=None, top_p:float|None=None, generator=None):
@@ -92,7 +94,8 @@ def load_prefix(path, model, cache:CacheConfig|None=None) -> Prefix:
 @torch.no_grad()
 def generate_ids(model, ids:list, max_new_tokens:int=256, temperature:float=0., top_k:int|None=None, top_p:float|None=None,
                  stop_ids=(), prefix:Prefix|None=None, seed:int|None=None, pad_id:int=0,
-                 cache:CacheConfig|None=None): # KV-cache compression (None: every key and value, or the prefix's settings)
+                 cache:CacheConfig|None=None, # KV-cache compression (None: every key and value, or the prefix's settings)
+                 adapter=None): # one adapter name for every row, or a list of one per row (None in it: the base); None: the model as it is
     "Yield a (B,) tensor of new tokens per step for the batch of token-id lists `ids` (after the optional `prefix`)."
     dev = model.emb.weight.device
     B, L, P = len(ids), max(len(i) for i in ids), len(prefix.ids) if prefix else 0
@@ -101,6 +104,10 @@ def generate_ids(model, ids:list, max_new_tokens:int=256, temperature:float=0., 
         ctx = model.cfg.max_seq_len
         check(P + L < ctx, f"prompt of {P + L} tokens does not fit the model's context of {ctx} tokens (config field max_seq_len)")
         max_new_tokens = min(max_new_tokens, ctx - P - L)
+    rows = None if adapter is None else [adapter] * B if isinstance(adapter, str) else list(adapter)
+    check(rows is None or len(rows) == B, f"adapter: {len(rows or ())} adapter names for {B} prompts")
+    def fwd(*a, **kw):
+        with nullcontext() if rows is None else adapter_rows(model, rows): return model(*a, **kw)
     if prefix is not None and cache is None: cache = prefix.cache
     check(prefix is None or prefix.cache == cache, f"the prefix cache was made with cache settings {prefix and prefix.cache}, not {cache}: make it with the same CacheConfig")
     kv = model.new_cache(B, P + L + max_new_tokens, config=cache)
@@ -112,20 +119,20 @@ def generate_ids(model, ids:list, max_new_tokens:int=256, temperature:float=0., 
     g = torch.Generator(dev).manual_seed(seed) if seed is not None else None
     stop = torch.tensor(sorted(set(stop_ids)) or [-1], device=dev)
     done = torch.zeros(B, dtype=torch.bool, device=dev)
-    logits = model(x, cache=kv, valid=valid, last=True)
+    logits = fwd(x, cache=kv, valid=valid, last=True)
     for _ in range(max_new_tokens):
         t = sample(logits[:, -1], temperature, top_k, top_p, g)
         t = torch.where(done, pad_id, t)
         yield t
         done |= torch.isin(t, stop)
         if bool(done.all()): return
-        logits = model(t[:, None], cache=kv, last=True)
+        logits = fwd(t[:, None], cache=kv, last=True)
 
 # %% ../nbs/13_generate.ipynb #3b7be911
 def _is_batch(prompt):
     return isinstance(prompt, (list, tuple)) and len(prompt) > 0 and not isinstance(prompt[0], dict)
 
-def _encode(tok, prompt, prefix):
+def encode_prompt(tok, prompt, prefix:Prefix|None=None) -> list:
     "Token ids of one prompt, after `prefix` when given (the prompt must then start with the prefix's text)."
     text, chat = _render(tok, prompt)
     if prefix is None: return tok.encode(text, special=not chat)
@@ -151,37 +158,58 @@ def _finish(tok, ids, stop_ids, strs):
 
 # %% ../nbs/13_generate.ipynb #f1b4dd6f
 def generate(model, tok, prompt, max_new_tokens:int=256, temperature:float=0., top_k:int|None=None, top_p:float|None=None,
-             stop=None, prefix:Prefix|None=None, seed:int|None=None, cache:CacheConfig|None=None):
+             stop=None, prefix:Prefix|None=None, seed:int|None=None, cache:CacheConfig|None=None,
+             adapter=None): # an adapter name for every prompt, or a list of one per prompt (None in it: the base); None: the model as it is
     "Complete `prompt` (a string, chat messages, or a list of either): returns the new text (or a list of texts)."
     batch = _is_batch(prompt)
     prompts = list(prompt) if batch else [prompt]
     stop_ids, strs = _stops(tok, stop)
     out = [[] for _ in prompts]
-    for t in generate_ids(model, [_encode(tok, p, prefix) for p in prompts], max_new_tokens, temperature, top_k, top_p, stop_ids, prefix, seed, tok.pad_id, cache):
+    for t in generate_ids(model, [encode_prompt(tok, p, prefix) for p in prompts], max_new_tokens, temperature, top_k, top_p, stop_ids, prefix, seed, tok.pad_id, cache, adapter):
         for o, x in zip(out, t.tolist()): o.append(x)
         if strs and all(_finish(tok, o, stop_ids, strs)[1] for o in out): break
     res = [_finish(tok, o, stop_ids, strs)[0] for o in out]
     return res if batch else res[0]
 
 
+# %% ../nbs/13_generate.ipynb #c2f31666
+class TextStream:
+    "The text of tokens generated one at a time, released in pieces: up to the first stop token or stop string, holding back half a character and what may begin a stop string."
+    def __init__(self, tok, stop=None):
+        self.tok, (self.stop_ids, self.strs), self.ids, self.sent, self.done = tok, _stops(tok, stop), [], 0, False
+
+    def add(self, t:int) -> str:
+        "The new text after token `t` ('' while held back); at a stop, `done` is set and the rest is released."
+        if t in self.stop_ids: self.done = True; return self.flush()
+        self.ids.append(t)
+        text, self.done = _cut(self.tok.decode(self.ids), self.strs)
+        end = len(text)
+        if not self.done:
+            if text.endswith('\ufffd'): return ''
+            end -= max((n for s in self.strs for n in range(len(s), 0, -1) if text.endswith(s[:n])), default=0)
+        return self.release(text, end)
+
+    def flush(self) -> str:
+        "The text still held back, at the end of generation."
+        text = _cut(self.tok.decode(self.ids), self.strs)[0]
+        return self.release(text, len(text))
+
+    def release(self, text:str, end:int) -> str:
+        piece = text[self.sent:end] if end > self.sent else ''
+        self.sent = max(self.sent, end)
+        return piece
+
+
 # %% ../nbs/13_generate.ipynb #70582feb
 def stream(model, tok, prompt, max_new_tokens:int=256, temperature:float=0., top_k:int|None=None, top_p:float|None=None,
-           stop=None, prefix:Prefix|None=None, seed:int|None=None, cache:CacheConfig|None=None):
+           stop=None, prefix:Prefix|None=None, seed:int|None=None, cache:CacheConfig|None=None, adapter:str|None=None):
     "Yield the completion of one `prompt` piece by piece as tokens are generated."
-    stop_ids, strs = _stops(tok, stop)
-    ids, sent = [], 0
-    for t in generate_ids(model, [_encode(tok, prompt, prefix)], max_new_tokens, temperature, top_k, top_p, stop_ids, prefix, seed, tok.pad_id, cache):
-        if t.item() in stop_ids: break
-        ids.append(t.item())
-        text, hit = _cut(tok.decode(ids), strs)
-        end = len(text)
-        if not hit:
-            if text.endswith('\ufffd'): continue
-            end -= max((n for s in strs for n in range(len(s), 0, -1) if text.endswith(s[:n])), default=0)
-        if end > sent: yield text[sent:end]; sent = end
-        if hit: return
-    text = _cut(tok.decode(ids), strs)[0]
-    if len(text) > sent: yield text[sent:]
+    s = TextStream(tok, stop)
+    for t in generate_ids(model, [encode_prompt(tok, prompt, prefix)], max_new_tokens, temperature, top_k, top_p, s.stop_ids, prefix, seed, tok.pad_id, cache, adapter):
+        if piece := s.add(t.item()): yield piece
+        if s.done: return
+    if piece := s.flush(): yield piece
+
 
 # %% ../nbs/13_generate.ipynb #45c14b10
 @torch.no_grad()

@@ -6,7 +6,7 @@ Docs: https://llmlite.github.io/llmlite/jobs.html.md"""
 
 # %% auto #0
 __all__ = ['mixture_data', 'train_data', 'finetune', 'run_tokenize', 'run_generate', 'run_eval', 'run_quantize', 'run_merge',
-           'plan_config', 'run_plan']
+           'run_serve', 'plan_config', 'run_plan']
 
 # %% ../nbs/20_jobs.ipynb #d8c4a829
 import json, time
@@ -30,7 +30,8 @@ from .formats import read_json
 from .models import Config
 from .hf import config_from_hf
 from .plan import plan
-from .cli import Finetune, Generate, Eval, Quantize, Merge, Plan, Tokenize, default_model, bundled, check_inputs
+from .serve import Engine, serve
+from .cli import Finetune, Generate, Eval, Quantize, Merge, Plan, Serve, Tokenize, default_model, bundled, check_inputs
 
 # %% ../nbs/20_jobs.ipynb #749f1adc
 _SCHEDS = dict(const=lambda a, b=None: const(a), linear=linear, cosine=cosine)
@@ -153,6 +154,16 @@ def run_merge(o:Merge):
     model, tok = _load(o, o.quant)
     print(merge_adapters(model))
     print(f"wrote {save_model(model, o.out, tok)}")
+
+# %% ../nbs/20_jobs.ipynb #6669f46f
+def run_serve(o:Serve):
+    "Serve the base `o.model` and the adapters `o.adapter` over HTTP with OpenAI's API until interrupted."
+    check_inputs(o)
+    model, tok = load(o.model or default_model(), quant=o.quant or None)
+    for n, d in o.adapters.items(): load_adapter(model, d, n)
+    engine = Engine(model, tok, o.name, o.max_batch, o.max_queue, o.max_tokens)
+    print(f"llmlite serve: models {', '.join(engine.models)} at http://{o.host}:{o.port}/v1", flush=True)
+    serve(engine, o.host, o.port)
 
 # %% ../nbs/20_jobs.ipynb #4dcdca20
 def plan_config(model:str) -> Config:
