@@ -16,8 +16,8 @@ from .generate import generate, generate_ids, generate_seq2seq
 # %% auto #0
 __all__ = ['task_kinds', 'icl_settings', 'score', 'task_kind', 'check_records', 'fewshot_idxs', 'needs_prefix_space',
            'icl_prompts', 'encode_pair', 'choice_metrics', 'lm_metrics', 'normalize_answer', 'answer_match', 'evaluate',
-           'check_task', 'read_icl_tasks', 'evaluate_tasks', 'gauntlet', 'Gauntlet', 'perplexity', 'eval_batches',
-           'accuracy', 'exact_match']
+           'check_task', 'read_icl_tasks', 'evaluate_tasks', 'gauntlet', 'Gauntlet', 'read_gauntlet', 'perplexity',
+           'eval_batches', 'accuracy', 'exact_match']
 
 # %% ../nbs/18_eval.ipynb #c1e99a40
 def _lcp(seqs:list) -> int:
@@ -351,6 +351,15 @@ class Gauntlet:
     def __call__(self, model) -> dict:
         res = evaluate_tasks(model, self.tok, self.tasks, self.root, self.limit, self.bs)
         return {**{k: v['accuracy'] for k, v in res.items()}, **gauntlet(res, self.cfg)}
+
+# %% ../nbs/18_eval.ipynb #6b61bfe3
+def read_gauntlet(path, root=None) -> tuple[list, dict, Path]:
+    "The (task entries, `eval_gauntlet` section, task root) of a Foundry eval YAML: its `icl_tasks` and `eval_gauntlet` are inline or paths (relative to `root`, default the file's directory)."
+    d = _yaml(Path(path))
+    check(isinstance(d, dict) and 'icl_tasks' in d and 'eval_gauntlet' in d, f"{path}: a gauntlet config needs `icl_tasks` and `eval_gauntlet` (inline, or the paths of their files)")
+    base = Path(root) if root is not None else Path(path).parent
+    part = lambda v: _yaml(base/v) if isinstance(v, str) else v
+    return read_icl_tasks(part(d['icl_tasks'])), part(d['eval_gauntlet']), base
 
 # %% ../nbs/18_eval.ipynb #a4b6a66a
 def _texts(src) -> list[str]:
