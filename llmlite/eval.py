@@ -29,22 +29,25 @@ def _lcp(seqs:list) -> int:
 
 # %% ../nbs/18_eval.ipynb #2b709698
 def _score_batch(model, groups, ps, P, R, dev):
-    "Score `groups` of (ids, k) pairs whose first `ps[g]` tokens are shared: prefixes left-padded to `P` in one forward, then every pair's rest (right-padded to `R`) on a copy of its group's KV cache."
+    "Score `groups` of (ids, k) pairs whose first `ps[g]` tokens are shared: prefixes right-padded to `P` in one causal forward, then every pair's rest (right-padded to `R`) on a copy of its group's KV cache."
     G = len(groups)
     x, valid = torch.zeros(G, P, dtype=torch.long), torch.zeros(G, P, dtype=torch.bool)
-    for r, (g, p) in enumerate(zip(groups, ps)): x[r, P - p:] = torch.tensor(g[0][0][:p]); valid[r, P - p:] = True
+    for r, (g, p) in enumerate(zip(groups, ps)): x[r, :p] = torch.tensor(g[0][0][:p]); valid[r, :p] = True
     cache = model.new_cache(G, P + R)
-    last = model(x.to(dev), cache=cache, valid=valid.to(dev), last=True)[:, -1]
+    ends = torch.zeros(G, P, dtype=torch.bool); ends[torch.arange(G), torch.tensor(ps) - 1] = True
+    last = model(x.to(dev), cache=cache, keep=ends.to(dev))        # plain causal attention: a prefix's real tokens never see the padding after them
+    cache.valid[:, :P] = valid.to(dev)                             # which the rest then ignores
     rows = [(r, ids, k, p) for r, (g, p) in enumerate(zip(groups, ps)) for ids, k in g]
     sel = torch.tensor([r for r, *_ in rows], device=dev)
     cache.k, cache.v, cache.valid = [t[sel] for t in cache.k], [t[sel] for t in cache.v], cache.valid[sel]
-    y, yv = torch.zeros(len(rows), R, dtype=torch.long), torch.zeros(len(rows), R, dtype=torch.bool)
-    for q, (_, ids, _, p) in enumerate(rows): y[q, :len(ids) - p] = torch.tensor(ids[p:]); yv[q, :len(ids) - p] = True
-    out = model(y.to(dev), cache=cache, valid=yv.to(dev))
+    y, yv, keep = (torch.zeros(len(rows), R, dtype=t) for t in (torch.long, torch.bool, torch.bool))
+    for q, (_, ids, k, p) in enumerate(rows):
+        m = len(ids) - p                                   # logits at full positions n-k-1 .. n-2 predict the k continuation tokens; rest slot j is position p + j
+        y[q, :m] = torch.tensor(ids[p:]); yv[q, :m] = True; keep[q, max(m - k - 1, 0):m - 1] = True
+    out = model(y.to(dev), cache=cache, valid=yv.to(dev), keep=keep.to(dev)).split(keep.sum(1).tolist())
     res = []
     for q, (r, ids, k, p) in enumerate(rows):
-        m = len(ids) - p                                   # logits for full positions p-1 .. n-2 predict tokens p .. n-1
-        lp = torch.cat([last[r, None], out[q, :m - 1]])[m - k:].float().log_softmax(-1)
+        lp = (torch.cat([last[r, None], out[q]]) if len(ids) - p == k else out[q]).float().log_softmax(-1)
         tgt = torch.tensor(ids[-k:], device=dev)
         res.append((-lp.gather(-1, tgt[:, None])[:, 0].cpu(), bool((lp.argmax(-1) == tgt).all())))
     it = iter(res)
