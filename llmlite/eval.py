@@ -29,14 +29,12 @@ def _lcp(seqs:list) -> int:
 
 # %% ../nbs/18_eval.ipynb #2b709698
 def _score_batch(model, groups, ps, P, R, dev):
-    "Score `groups` of (ids, k) pairs whose first `ps[g]` tokens are shared: prefixes right-padded to `P` in one causal forward, then every pair's rest (right-padded to `R`) on a copy of its group's KV cache."
+    "Score `groups` of (ids, k) pairs whose first `ps[g]` tokens are shared: prefixes left-padded to `P` in one forward, then every pair's rest (right-padded to `R`) on a copy of its group's KV cache, with logits only where they are scored."
     G = len(groups)
     x, valid = torch.zeros(G, P, dtype=torch.long), torch.zeros(G, P, dtype=torch.bool)
-    for r, (g, p) in enumerate(zip(groups, ps)): x[r, :p] = torch.tensor(g[0][0][:p]); valid[r, :p] = True
+    for r, (g, p) in enumerate(zip(groups, ps)): x[r, P - p:] = torch.tensor(g[0][0][:p]); valid[r, P - p:] = True
     cache = model.new_cache(G, P + R)
-    ends = torch.zeros(G, P, dtype=torch.bool); ends[torch.arange(G), torch.tensor(ps) - 1] = True
-    last = model(x.to(dev), cache=cache, keep=ends.to(dev))        # plain causal attention: a prefix's real tokens never see the padding after them
-    cache.valid[:, :P] = valid.to(dev)                             # which the rest then ignores
+    last = model(x.to(dev), cache=cache, valid=valid.to(dev), last=True)[:, -1]
     rows = [(r, ids, k, p) for r, (g, p) in enumerate(zip(groups, ps)) for ids, k in g]
     sel = torch.tensor([r for r, *_ in rows], device=dev)
     cache.k, cache.v, cache.valid = [t[sel] for t in cache.k], [t[sel] for t in cache.v], cache.valid[sel]
