@@ -355,12 +355,16 @@ class Gauntlet:
 
 # %% ../nbs/18_eval.ipynb #6b61bfe3
 def read_gauntlet(path, root=None) -> tuple[list, dict, Path]:
-    "The (task entries, `eval_gauntlet` section, task root) of a Foundry eval YAML: its `icl_tasks` and `eval_gauntlet` are inline or paths (relative to `root`, default the file's directory)."
-    d = _yaml(Path(path))
+    "The (task entries, `eval_gauntlet` section, task root) of a Foundry eval YAML: `icl_tasks` and `eval_gauntlet` inline or paths relative to the file; the tasks' `dataset_uri`s relative to `root` (default: the file's directory)."
+    path = Path(path)
+    d = _yaml(path)
     check(isinstance(d, dict) and 'icl_tasks' in d and 'eval_gauntlet' in d, f"{path}: a gauntlet config needs `icl_tasks` and `eval_gauntlet` (inline, or the paths of their files)")
-    base = Path(root) if root is not None else Path(path).parent
-    part = lambda v: _yaml(base/v) if isinstance(v, str) else v
-    return read_icl_tasks(part(d['icl_tasks'])), part(d['eval_gauntlet']), base
+    def part(k):
+        v = d[k]
+        if not isinstance(v, str): return v
+        check((path.parent/v).is_file(), f"{path}: {k}: {path.parent/v}: no such file")
+        return _yaml(path.parent/v)
+    return read_icl_tasks(part('icl_tasks')), part('eval_gauntlet'), Path(root) if root is not None else path.parent
 
 # %% ../nbs/18_eval.ipynb #a4b6a66a
 def _texts(src) -> list[str]:
