@@ -185,9 +185,13 @@ class Eval:
     quant:Literal['nf4', 'hqq', ''] = '' # quantize the model while loading ('': as stored)
     task:str|None = None         # a JSONL task (LLM Foundry ICL formats, or chat records; None: the bundled date task)
     n_shot:int = 0               # examples of the task shown before each question
-    limit:int|None = None        # score only the first n examples
-    inputs = ('adapter', 'task')
-    def __post_init__(self): validate(self, positive='limit', nonneg='n_shot')
+    limit:int|None = None        # score only the first n examples (of each task, with --gauntlet)
+    gauntlet:str|None = None     # a Foundry eval YAML with `icl_tasks` and `eval_gauntlet` (inline or their files' paths): every task, then each category's score
+    root:str|None = None         # the directory the gauntlet's dataset_uris are relative to (default: the gauntlet file's)
+    inputs = ('adapter', 'task', 'gauntlet')
+    def __post_init__(self):
+        validate(self, positive='limit', nonneg='n_shot')
+        check(not (self.task and self.gauntlet), "eval: give --task or --gauntlet, not both")
 
 # %% ../nbs/20_cli.ipynb #3b77f789
 @dataclass

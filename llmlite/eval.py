@@ -16,8 +16,8 @@ from .generate import generate, generate_ids, generate_seq2seq
 # %% auto #0
 __all__ = ['task_kinds', 'icl_settings', 'score', 'task_kind', 'check_records', 'fewshot_idxs', 'needs_prefix_space',
            'icl_prompts', 'encode_pair', 'choice_metrics', 'lm_metrics', 'normalize_answer', 'answer_match', 'evaluate',
-           'check_task', 'read_icl_tasks', 'evaluate_tasks', 'gauntlet', 'Gauntlet', 'perplexity', 'eval_batches',
-           'accuracy', 'exact_match']
+           'check_task', 'read_icl_tasks', 'evaluate_tasks', 'gauntlet', 'Gauntlet', 'read_gauntlet', 'perplexity',
+           'eval_batches', 'accuracy', 'exact_match']
 
 # %% ../nbs/18_eval.ipynb #c1e99a40
 def _lcp(seqs:list) -> int:
@@ -29,7 +29,7 @@ def _lcp(seqs:list) -> int:
 
 # %% ../nbs/18_eval.ipynb #2b709698
 def _score_batch(model, groups, ps, P, R, dev):
-    "Score `groups` of (ids, k) pairs whose first `ps[g]` tokens are shared: prefixes left-padded to `P` in one forward, then every pair's rest (right-padded to `R`) on a copy of its group's KV cache."
+    "Score `groups` of (ids, k) pairs whose first `ps[g]` tokens are shared: prefixes left-padded to `P` in one forward, then every pair's rest (right-padded to `R`) on a copy of its group's KV cache, with logits only where they are scored."
     G = len(groups)
     x, valid = torch.zeros(G, P, dtype=torch.long), torch.zeros(G, P, dtype=torch.bool)
     for r, (g, p) in enumerate(zip(groups, ps)): x[r, P - p:] = torch.tensor(g[0][0][:p]); valid[r, P - p:] = True
@@ -38,13 +38,14 @@ def _score_batch(model, groups, ps, P, R, dev):
     rows = [(r, ids, k, p) for r, (g, p) in enumerate(zip(groups, ps)) for ids, k in g]
     sel = torch.tensor([r for r, *_ in rows], device=dev)
     cache.k, cache.v, cache.valid = [t[sel] for t in cache.k], [t[sel] for t in cache.v], cache.valid[sel]
-    y, yv = torch.zeros(len(rows), R, dtype=torch.long), torch.zeros(len(rows), R, dtype=torch.bool)
-    for q, (_, ids, _, p) in enumerate(rows): y[q, :len(ids) - p] = torch.tensor(ids[p:]); yv[q, :len(ids) - p] = True
-    out = model(y.to(dev), cache=cache, valid=yv.to(dev))
+    y, yv, keep = (torch.zeros(len(rows), R, dtype=t) for t in (torch.long, torch.bool, torch.bool))
+    for q, (_, ids, k, p) in enumerate(rows):
+        m = len(ids) - p                                   # logits at full positions n-k-1 .. n-2 predict the k continuation tokens; rest slot j is position p + j
+        y[q, :m] = torch.tensor(ids[p:]); yv[q, :m] = True; keep[q, max(m - k - 1, 0):m - 1] = True
+    out = model(y.to(dev), cache=cache, valid=yv.to(dev), keep=keep.to(dev)).split(keep.sum(1).tolist())
     res = []
     for q, (r, ids, k, p) in enumerate(rows):
-        m = len(ids) - p                                   # logits for full positions p-1 .. n-2 predict tokens p .. n-1
-        lp = torch.cat([last[r, None], out[q, :m - 1]])[m - k:].float().log_softmax(-1)
+        lp = (torch.cat([last[r, None], out[q]]) if len(ids) - p == k else out[q]).float().log_softmax(-1)
         tgt = torch.tensor(ids[-k:], device=dev)
         res.append((-lp.gather(-1, tgt[:, None])[:, 0].cpu(), bool((lp.argmax(-1) == tgt).all())))
     it = iter(res)
@@ -351,6 +352,19 @@ class Gauntlet:
     def __call__(self, model) -> dict:
         res = evaluate_tasks(model, self.tok, self.tasks, self.root, self.limit, self.bs)
         return {**{k: v['accuracy'] for k, v in res.items()}, **gauntlet(res, self.cfg)}
+
+# %% ../nbs/18_eval.ipynb #6b61bfe3
+def read_gauntlet(path, root=None) -> tuple[list, dict, Path]:
+    "The (task entries, `eval_gauntlet` section, task root) of a Foundry eval YAML: `icl_tasks` and `eval_gauntlet` inline or paths relative to the file; the tasks' `dataset_uri`s relative to `root` (default: the file's directory)."
+    path = Path(path)
+    d = _yaml(path)
+    check(isinstance(d, dict) and 'icl_tasks' in d and 'eval_gauntlet' in d, f"{path}: a gauntlet config needs `icl_tasks` and `eval_gauntlet` (inline, or the paths of their files)")
+    def part(k):
+        v = d[k]
+        if not isinstance(v, str): return v
+        check((path.parent/v).is_file(), f"{path}: {k}: {path.parent/v}: no such file")
+        return _yaml(path.parent/v)
+    return read_icl_tasks(part('icl_tasks')), part('eval_gauntlet'), Path(root) if root is not None else path.parent
 
 # %% ../nbs/18_eval.ipynb #a4b6a66a
 def _texts(src) -> list[str]:

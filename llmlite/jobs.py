@@ -20,7 +20,7 @@ from .peft import load_adapter, save_adapter
 from .data import chat_data, prompt_data, text_data, read_records, mix
 from .store import tokenize, store_data
 from .tokenizer import Tokenizer
-from .eval import evaluate
+from .eval import evaluate, Gauntlet, read_gauntlet
 from .cache import CacheConfig
 from .generate import generate, stream
 from .learner import Learner, const, linear, cosine
@@ -140,7 +140,8 @@ def run_generate(o:Generate):
 # %% ../nbs/20_jobs.ipynb #66e67ee0
 def run_eval(o:Eval):
     model, tok = _load(o, o.quant)
-    res = evaluate(model, tok, o.task or bundled('dates_test.jsonl'), n_shot=o.n_shot, limit=o.limit)
+    if o.gauntlet: res = Gauntlet(tok, *read_gauntlet(o.gauntlet, o.root), limit=o.limit)(model)
+    else: res = evaluate(model, tok, o.task or bundled('dates_test.jsonl'), n_shot=o.n_shot, limit=o.limit)
     print(json.dumps(res))
     return res
 

@@ -416,17 +416,29 @@ def run_samples(self:Learner, n:int|None=None) -> list:
     return outs
 
 # %% ../nbs/19_learner.ipynb #e0947d79
+def _eval_curves(log:list) -> dict:
+    "{metric: (steps, values)} of the evaluation rows of `log`: every number but counts, standard errors and the unbounded loss and perplexity."
+    cs = {}
+    for r in log:
+        for k, v in (r.get('eval') or {}).items():
+            if type(v) is float and math.isfinite(v) and k not in ('loss', 'perplexity') and not k.endswith('_stderr'):
+                s, y = cs.setdefault(k, ([], [])); s.append(r['step']); y.append(v)
+    return cs
+
 def plot_curves(log:list, fname=None):
-    "Plot loss and learning rate against step from metrics rows (`learn.log`, or the lines of metrics.jsonl); save to `fname`."
+    "Plot loss and learning rate against step from metrics rows (`learn.log`, or the lines of metrics.jsonl), and every evaluation metric (a gauntlet's tasks dashed, its categories solid); save to `fname`."
     rows = [r for r in log if 'loss' in r and isinstance(r['loss'], float) and math.isfinite(r['loss'])]
     skipped = {k for e in log if e.get('event') == 'rollback' for k in range(e['skipped'][0], e['skipped'][1] + 1)}
     last = {r['step']: r for r in rows if r['step'] not in skipped}     # a step run again after a rollback: its last run counts
     kept, undone = sorted(last.values(), key=lambda r: r['step']), [r for r in rows if last.get(r['step']) is not r]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    evs = _eval_curves(log)
+    fig, (a, b, *c) = plt.subplots(1, 3 if evs else 2, figsize=(15 if evs else 10, 3.5))
     a.plot([r['step'] for r in kept], [r['loss'] for r in kept], lw=1); a.set(xlabel='step', ylabel='loss', title='training loss')
     if undone: a.scatter([r['step'] for r in undone], [r['loss'] for r in undone], s=4, c='grey', label='rolled back'); a.legend()
     for e in (r for r in log if r.get('event') == 'rollback'): a.axvline(e['step'], color='r', lw=0.5)
     b.plot([r['step'] for r in kept], [r['lr'] for r in kept]); b.set(xlabel='step', ylabel='lr', title='learning rate')
+    for k, (x, y) in evs.items(): c[0].plot(x, y, '--' if '-shot' in k else '-', marker='.', lw=1 if '-shot' in k else 2, label=k)
+    if evs: c[0].set(xlabel='step', title='evaluation'); c[0].legend(fontsize=7)
     fig.tight_layout()
     if fname: fig.savefig(fname, dpi=100); plt.close(fig)
     return fig

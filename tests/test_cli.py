@@ -1,6 +1,7 @@
 "The `llmlite` command end to end on a tiny model: finetune, generate with the adapter, eval, merge, quantize."
 import json, subprocess, sys
 import pytest, torch
+from pathlib import Path
 from llmlite.loading import load, save_model
 from llmlite.models import Config, Decoder
 from llmlite.tokenizer import Tokenizer
@@ -41,3 +42,15 @@ def test_cli_bad_config(tmp_path):
     r = subprocess.run([sys.executable, '-c', 'from llmlite.cli import main; main()', 'finetune', '--config', str(tmp_path/'ft.toml')],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "unknown key 'learning_rate'" in r.stderr
+
+def test_cli_eval_gauntlet(tiny, tmp_path):
+    "`llmlite eval --gauntlet` runs a Foundry eval config (task list and gauntlet by path, data beside them) and prints every task and category."
+    data = Path(__file__).parent.parent/'bench'/'data'/'icl'
+    (tmp_path/'tasks.yaml').write_text(json.dumps(dict(icl_tasks=[dict(label='piqa', dataset_uri='piqa.jsonl', num_fewshot=[0], icl_task_type='multiple_choice', continuation_delimiter='\nAnswer: '),
+                                                                  dict(label='lambada_openai', dataset_uri='lambada_openai.jsonl', num_fewshot=[0], icl_task_type='language_modeling')])))
+    (tmp_path/'gauntlet.yaml').write_text(json.dumps(dict(eval_gauntlet=dict(subtract_random_baseline=True, categories=[
+        dict(name='commonsense', benchmarks=[dict(name='piqa', num_fewshot=0, random_baseline=.5)]), dict(name='language', benchmarks=[dict(name='lambada_openai', num_fewshot=0)])]))))
+    (tmp_path/'eval.yaml').write_text('icl_tasks: tasks.yaml\neval_gauntlet: gauntlet.yaml\n')
+    res = json.loads(llmlite('eval', '--model', tiny/'model', '--gauntlet', tmp_path/'eval.yaml', '--root', data, '--limit', 3).strip().splitlines()[-1])
+    assert list(res) == ['piqa/0-shot', 'lambada_openai/0-shot', 'commonsense', 'language']
+    assert res['commonsense'] == res['piqa/0-shot'] - .5 and res['language'] == res['lambada_openai/0-shot']

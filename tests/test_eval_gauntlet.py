@@ -5,7 +5,7 @@ import torch
 from llmlite.core import seed_everything
 from llmlite.data import Loader, make_rows
 from llmlite.eval import Gauntlet, evaluate_tasks, gauntlet, icl_prompts
-from llmlite.learner import Learner
+from llmlite.learner import Learner, plot_curves
 from llmlite.models import Config, Decoder
 from llmlite.tokenizer import Tokenizer
 
@@ -36,3 +36,6 @@ def test_gauntlet_live(smol_path, tmp_path):
     assert {k: last[k] for k in res} == {k: v['accuracy'] for k, v in res.items()}
     assert {k: last[k] for k in ('commonsense', 'language', 'core')} == gauntlet(res, CFG)
     assert (tmp_path/'curves.png').exists()
+    ax = plot_curves(rows).axes[2]                                                   # curves.png's evaluation panel: a curve per task and per category
+    curves = {l.get_label(): (list(l.get_xdata()), list(l.get_ydata())) for l in ax.get_lines()}
+    assert curves == {k: ([4, 8], [e['eval'][k] for e in evals]) for k in last}
