@@ -13,7 +13,7 @@ Jobs, in the order `python bench/scale.py` runs them (alternating llmlite and pe
   reload                 transformers reads the export: its logits against llmlite's (max abs difference / max abs logit)
   qlora 1|2              QLoRA steps (seq 256, bs 1, LoRA r 16 on all linears, activation checkpointing, fp32 compute) in one
                          process, or 2 FSDP2 ranks (`load(..., shard=True)`), per-rank peak against `llmlite.plan`
-Usage: python bench/scale.py [--only load|export|qlora] [--rounds 2] [--steps 3] [--limit-gb 18] [--dir DIR]
+Usage: python bench/scale.py [--only load|export|qlora] [--rounds 2] [--steps 3] [--limit-gb 18] [--timeout-s S] [--dir DIR]
 """
 import argparse, json, os, statistics, subprocess, sys, time
 from pathlib import Path
@@ -152,13 +152,13 @@ def job_qlora(d, ws, steps):
 
 JOBS = {'load-llmlite': job_load_llmlite, 'load-peer': job_load_peer, 'export': job_export, 'reload': job_reload, 'qlora': job_qlora}
 
-def run(job, *args, limit_gb=18., d=None):
-    "Run `job` in a fresh process; its JSON result plus the sampled peak RSS of its process tree (whole, and per process)."
+def run(job, *args, limit_gb=18., d=None, until=None):
+    "Run `job` in a fresh process; its JSON result plus the sampled peak RSS of its process tree (whole, and per process). Killed past `limit_gb` or at time `until`."
     out = Path(f"/tmp/scale_{job}_{os.getpid()}.json"); out.unlink(missing_ok=True)
     env = dict(os.environ, PYTHONPATH=str(HERE.parent), OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '2'))
     la0 = os.getloadavg()
     p = subprocess.Popen([sys.executable, __file__, '--job', job, str(out), str(d), *map(str, args)], env=env)
-    peak, per, killed, pp = 0, {}, False, psutil.Process(p.pid)
+    peak, per, killed, late, pp, t0 = 0, {}, False, False, psutil.Process(p.pid), time.time()
     while p.poll() is None:
         try:
             ps = [pp, *pp.children(recursive=True)]
@@ -166,10 +166,10 @@ def run(job, *args, limit_gb=18., d=None):
         except psutil.Error: rs = {}
         for k, v in rs.items(): per[k] = max(per.get(k, 0), v)
         peak = max(peak, sum(rs.values()))
-        if peak > limit_gb * GB and not killed: killed = True; [q.kill() for q in ps if q.is_running()]
+        if (peak > limit_gb * GB or (late := until is not None and time.time() > until)) and not killed: killed = True; [q.kill() for q in ps if q.is_running()]
         time.sleep(0.05)
     res = json.loads(out.read_text()) if out.exists() and not killed else {}
-    res.update(job=job, args=list(args), rc=p.returncode, killed_over_gb=limit_gb if killed else None, peak_gb=peak / GB,
+    res.update(job=job, args=list(args), rc=p.returncode, killed_over_gb=limit_gb if killed and not late else None, killed_late_after_s=time.time() - t0 if late else None, peak_gb=peak / GB,
                peak_per_process_gb=sorted((v / GB for v in per.values()), reverse=True), load_avg=[la0, os.getloadavg()])
     print('@' + json.dumps(res), flush=True)
     return res
@@ -192,11 +192,12 @@ def main():
     ap.add_argument('--dir', default='/work/cache/scale8b'); ap.add_argument('--only', choices=('load', 'export', 'qlora'), nargs='*')
     ap.add_argument('--rounds', type=int, default=2); ap.add_argument('--steps', type=int, default=3)
     ap.add_argument('--limit-gb', type=float, default=18.); ap.add_argument('--quants', nargs='*', default=['nf4', 'hqq'])
-    ap.add_argument('--ranks', type=int, nargs='*', default=[1, 2])
+    ap.add_argument('--ranks', type=int, nargs='*', default=[1, 2]); ap.add_argument('--timeout-s', type=float, help='kill a job still running this long after the start')
     a = ap.parse_args(); d = Path(a.dir); parts = a.only or ('load', 'export', 'qlora')
     if not (d/'config.json').exists(): wait_for_memory(6); write_checkpoint(d)
     print(f"checkpoint {d}: {sum(f.stat().st_size for f in d.glob('*.safetensors')) / GB:.2f} GB of bf16 safetensors", flush=True)
-    go = lambda need, *args: (wait_for_memory(need), run(*args, limit_gb=a.limit_gb, d=d))[1]
+    until = time.time() + a.timeout_s if a.timeout_s else None
+    go = lambda need, *args: (wait_for_memory(need), run(*args, limit_gb=a.limit_gb, d=d, until=until))[1]
     if 'load' in parts:
         res = {}
         for r in range(a.rounds):
