@@ -171,7 +171,7 @@ def run(job, *args, limit_gb=18., d=None, until=None):
     res = json.loads(out.read_text()) if out.exists() and not killed else {}
     res.update(job=job, args=list(args), rc=p.returncode, killed_over_gb=limit_gb if killed and not late else None, killed_late_after_s=time.time() - t0 if late else None, peak_gb=peak / GB,
                peak_per_process_gb=sorted((v / GB for v in per.values()), reverse=True), load_avg=[la0, os.getloadavg()])
-    print('@' + json.dumps(res), flush=True)
+    print('\n@' + json.dumps(res), flush=True)   # on a line of its own, after a child's progress bar
     return res
 
 def wait_for_memory(need_gb):
