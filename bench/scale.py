@@ -15,7 +15,7 @@ Jobs, in the order `python bench/scale.py` runs them (alternating llmlite and pe
                          process, or 2 FSDP2 ranks (`load(..., shard=True)`), per-rank peak against `llmlite.plan`
 Usage: python bench/scale.py [--only load|export|qlora] [--rounds 2] [--steps 3] [--limit-gb 18] [--timeout-s S] [--dir DIR]
 """
-import argparse, json, os, statistics, subprocess, sys, time
+import argparse, json, os, signal, statistics, subprocess, sys, time
 from pathlib import Path
 import psutil
 
@@ -159,15 +159,18 @@ def run(job, *args, limit_gb=18., d=None, until=None):
     la0 = os.getloadavg()
     p = subprocess.Popen([sys.executable, __file__, '--job', job, str(out), str(d), *map(str, args)], env=env)
     peak, per, killed, late, pp, t0 = 0, {}, False, False, psutil.Process(p.pid), time.time()
-    while p.poll() is None:
-        try:
-            ps = [pp, *pp.children(recursive=True)]
-            rs = {q.pid: q.memory_info().rss for q in ps}
-        except psutil.Error: rs = {}
-        for k, v in rs.items(): per[k] = max(per.get(k, 0), v)
-        peak = max(peak, sum(rs.values()))
-        if (peak > limit_gb * GB or (late := until is not None and time.time() > until)) and not killed: killed = True; [q.kill() for q in ps if q.is_running()]
-        time.sleep(0.05)
+    try:
+        while p.poll() is None:
+            try:
+                ps = [pp, *pp.children(recursive=True)]
+                rs = {q.pid: q.memory_info().rss for q in ps}
+            except psutil.Error: rs = {}
+            for k, v in rs.items(): per[k] = max(per.get(k, 0), v)
+            peak = max(peak, sum(rs.values()))
+            if (peak > limit_gb * GB or (late := until is not None and time.time() > until)) and not killed: killed = True; [q.kill() for q in ps if q.is_running()]
+            time.sleep(0.05)
+    finally:   # the bench stopped (Ctrl-C, SIGTERM): no unwatched child left behind
+        if p.poll() is None: [q.kill() for q in [pp, *pp.children(recursive=True)] if q.is_running()]
     res = json.loads(out.read_text()) if out.exists() and not killed else {}
     res.update(job=job, args=list(args), rc=p.returncode, killed_over_gb=limit_gb if killed and not late else None, killed_late_after_s=time.time() - t0 if late else None, peak_gb=peak / GB,
                peak_per_process_gb=sorted((v / GB for v in per.values()), reverse=True), load_avg=[la0, os.getloadavg()])
@@ -225,4 +228,4 @@ def main():
 
 if __name__ == '__main__':
     if sys.argv[1:2] == ['--job']: child()
-    else: main()
+    else: signal.signal(signal.SIGTERM, lambda *_: sys.exit('stopped')); main()
