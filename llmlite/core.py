@@ -6,14 +6,15 @@ Docs: https://llmlite.github.io/llmlite/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #cf80b0a5
 from __future__ import annotations
-import functools, os, random, threading, time
+import functools, os, random, sys, threading, time
 from contextlib import contextmanager
 import numpy as np, torch
+from tqdm import tqdm
 from .errors import LLMLiteError, check
 
 # %% auto #0
 __all__ = ['BF16_FLAGS', 'default_device', 'default_dtype', 'as_dtype', 'cpu_flags', 'native_bf16', 'seed_everything', 'rss',
-           'MemoryMeter', 'train_mode']
+           'MemoryMeter', 'progress', 'train_mode']
 
 # %% ../nbs/00_core.ipynb #d6ca1d1b
 def default_device():
@@ -83,6 +84,20 @@ class MemoryMeter:
         self._stop.set(); self._t.join(); self.peak = max(self.peak, rss())
         if torch.cuda.is_available(): self.cuda_peak = torch.cuda.max_memory_allocated()
     def __repr__(self): return f"MemoryMeter(peak={self.peak/2**20:.0f} MiB, cuda_peak={self.cuda_peak/2**20:.0f} MiB)"
+
+# %% ../nbs/00_core.ipynb #1f08581a
+def progress(items, total:int, # bytes the items add up to
+             n:int|None=None, # how many items there are
+             size=len, # bytes of one item
+             desc:str='', show:bool|None=None, # None: for `total` >= `threshold` or at a terminal
+             threshold:int=10**9, delay:float=2.):
+    "Yield `items` unchanged, with a bar on stderr (items done, GB/s, ETA) for large work or at a terminal."
+    if show is None: show = total >= threshold or sys.stderr.isatty()
+    if not show: yield from items; return
+    with tqdm(total=total, desc=desc, unit='B', unit_scale=True, file=sys.stderr, delay=delay, mininterval=0.5 if sys.stderr.isatty() else 10) as bar:
+        for i, o in enumerate(items, 1):
+            yield o
+            bar.update(size(o)); bar.set_postfix_str(f"{i}/{n} tensors" if n else f"{i} tensors", refresh=False)
 
 # %% ../nbs/00_core.ipynb #4b2fc499
 @contextmanager

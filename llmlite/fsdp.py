@@ -12,7 +12,7 @@ import torch, torch.nn as nn, torch.distributed as tdist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard, FSDPModule, MixedPrecisionPolicy, CPUOffloadPolicy, OffloadPolicy
 from torch.distributed.tensor import DTensor
-from .core import LLMLiteError, check, as_dtype, default_dtype
+from .core import LLMLiteError, check, as_dtype, default_dtype, progress
 from .dist import rank, world
 from .formats import GGUFFile
 from .quant import QTensor, QLinear, quantize_weight, empty_qtensor, is_skipped, split_error, qtensor_from_state
@@ -62,15 +62,15 @@ def shard(model:nn.Module, mixed_precision=None, # None: bf16 params + fp32 redu
 
 # %% ../nbs/16_fsdp.ipynb #01ccca83
 def _lazy_tensors(files, km, skip):
-    "Yield (file, our name, shape, rows reader) for every tensor of `files`; nothing is read until the reader is called."
-    for f in files:
-        path = f.path
-        for k, v in sorted(f.tensors.items(), key=lambda kv: kv[1]['data_offsets'][0]):
-            if k.endswith(derived): continue
-            name = km.inv(k)
-            if name in skip: continue
-            check(name is not None, f"{path}: unexpected tensor {k!r}")
-            yield str(path), name, tuple(v['shape']), lambda r0, r1, f=f, k=k: f.read(k, r0, r1)
+    "Yield (file, our name, shape, rows reader) for every tensor of `files`; nothing is read until the reader is called. Rank 0 draws a progress bar on large checkpoints."
+    every = [(f, k, v) for f in files for k, v in sorted(f.tensors.items(), key=lambda kv: kv[1]['data_offsets'][0])]
+    span = lambda o: o[2]['data_offsets'][1] - o[2]['data_offsets'][0]
+    for f, k, v in progress(every, sum(map(span, every)), len(every), size=span, desc=f"loading {files[0].path.parent.name}", show=None if rank() == 0 else False):
+        if k.endswith(derived): continue
+        name = km.inv(k)
+        if name in skip: continue
+        check(name is not None, f"{f.path}: unexpected tensor {k!r}")
+        yield str(f.path), name, tuple(v['shape']), lambda r0, r1, f=f, k=k: f.read(k, r0, r1)
 
 # %% ../nbs/16_fsdp.ipynb #4cdf4868
 def _owned(p, rank:int, ws:int):

@@ -6,13 +6,13 @@ Docs: https://llmlite.github.io/llmlite/hf.html.md"""
 
 # %% ../nbs/11_hf.ipynb #b3b46dd9
 from __future__ import annotations
-import os, re
+import math, os, re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 import torch, torch.nn as nn
 from huggingface_hub import snapshot_download
-from .core import LLMLiteError, check
+from .core import LLMLiteError, check, progress
 from .formats import read_json, SafetensorsFile, GGUFFile
 from .quant import QLinear
 from .models import Config, Decoder
@@ -392,9 +392,9 @@ def unpermute(w, n_heads:int):
 
 # %% ../nbs/11_hf.ipynb #87470cd7
 def gguf_items(g:GGUFFile, cfg:Config):
-    "Yield (file, our name, dequantized tensor) for every tensor of GGUF file `g`."
-    km = KeyMap(gguf_names)
-    for t in g.tensors:
+    "Yield (file, our name, dequantized tensor) for every tensor of GGUF file `g`, with a progress bar on large files (in float32 bytes)."
+    km, f32 = KeyMap(gguf_names), lambda t: math.prod(g.tensors[t][0]) * 4
+    for t in progress(g.tensors, sum(map(f32, g.tensors)), len(g.tensors), size=f32, desc=f"loading {g.path.name}"):
         name = km.inv(t)
         check(name is not None, f"{g.path}: unexpected tensor {t!r} for a {cfg.arch} model")
         try: w = g.get(t)

@@ -6,12 +6,12 @@ Docs: https://llmlite.github.io/llmlite/loading.html.md"""
 
 # %% ../nbs/17_loading.ipynb #9fcbb303
 from __future__ import annotations
-import json, re
+import json, math, re
 from collections import defaultdict
 from pathlib import Path
 import torch, torch.nn as nn, torch.distributed as tdist
 from safetensors.torch import save_file
-from .core import LLMLiteError, check, default_device, default_dtype, as_dtype
+from .core import LLMLiteError, check, progress, default_device, default_dtype, as_dtype
 from .dist import world
 from .formats import atomic_write_all, GGUFFile
 from .quant import QLinear, quantize_linear, qtensor_from_state, is_skipped, quant_spec
@@ -68,18 +68,19 @@ def _fit(name:str, have:set):
 
 # %% ../nbs/17_loading.ipynb #c15ee51b
 def _stream_safetensors(files, km, cfg, skip=(), have=None):
-    "Yield (file, our name, tensor) for every tensor of `files`, one tensor in memory at a time."
-    for f in files:
-        for k, t in f.items():
-            if k.endswith(derived): continue
-            name = km.inv(k)
-            if name in skip: continue
-            check(name is not None, f"{f.path}: unexpected tensor {k!r}")
-            for n, p in split_fused(cfg, name, t):
-                if have is not None and (n := _fit(n, have)) not in have:
-                    if task_heads.match(k): continue      # a head of another task
-                    raise LLMLiteError(f"{f.path}: unexpected tensor {k!r}")
-                yield str(f.path), n, p
+    "Yield (file, our name, tensor) for every tensor of `files`, one tensor in memory at a time, with a progress bar on large checkpoints."
+    every = ((f, k, t) for f in files for k, t in f.items())
+    total = sum(v['data_offsets'][1] - v['data_offsets'][0] for f in files for v in f.tensors.values())
+    for f, k, t in progress(every, total, sum(map(len, (f.tensors for f in files))), size=lambda o: o[2].nbytes, desc=f"loading {files[0].path.parent.name}"):
+        if k.endswith(derived): continue
+        name = km.inv(k)
+        if name in skip: continue
+        check(name is not None, f"{f.path}: unexpected tensor {k!r}")
+        for n, p in split_fused(cfg, name, t):
+            if have is not None and (n := _fit(n, have)) not in have:
+                if task_heads.match(k): continue      # a head of another task
+                raise LLMLiteError(f"{f.path}: unexpected tensor {k!r}")
+            yield str(f.path), n, p
 
 # %% ../nbs/17_loading.ipynb #c0268ab8
 def init_missing(model:nn.Module, dtype, device):

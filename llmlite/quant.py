@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools, itertools, json, logging, math, re
 import torch, torch.nn as nn, torch.nn.functional as F
 from fastcore.basics import patch
-from .core import check, as_dtype
+from .core import check, as_dtype, progress
 
 # %% auto #0
 __all__ = ['NF4', 'DYNAMIC', 'NESTED_BLOCK', 'METHODS', 'GROUP_SIZES', 'pack_bits', 'unpack_bits', 'dynamic_map',
@@ -561,12 +561,12 @@ def is_skipped(name:str, skip) -> bool:
 def quantize(model:nn.Module, method:str='nf4', bits:int=4, group_size:int=64,
              skip=('head', 'lm_head'), # module names or regexes to leave dense
              backend='torch'):
-    "Replace every `nn.Linear` in `model` (except `skip`) by a `QLinear`, in place; returns `model`."
-    for name, mod in list(model.named_modules()):
-        for cn, child in list(mod.named_children()):
-            full = f"{name}.{cn}" if name else cn
-            if type(child) is nn.Linear and not is_skipped(full, skip):
-                setattr(mod, cn, quantize_linear(child.weight, child.bias, method, bits, group_size, full + '.weight', backend))
+    "Replace every `nn.Linear` in `model` (except `skip`) by a `QLinear`, in place (a progress bar on large models); returns `model`."
+    todo = [(mod, cn, full, c.weight.numel() * c.weight.element_size()) for name, mod in model.named_modules() for cn, c in mod.named_children()
+            if type(c) is nn.Linear and not is_skipped(full := f"{name}.{cn}" if name else cn, skip)]
+    for mod, cn, full, _ in progress(todo, sum(o[3] for o in todo), len(todo), size=lambda o: o[3], desc='quantizing'):
+        c = getattr(mod, cn)
+        setattr(mod, cn, quantize_linear(c.weight, c.bias, method, bits, group_size, full + '.weight', backend))
     return model
 
 # %% ../nbs/03_quant.ipynb #8c08f6d7
