@@ -6,7 +6,7 @@ Docs: https://llmlite.github.io/llmlite/loading.html.md"""
 
 # %% ../nbs/17_loading.ipynb #9fcbb303
 from __future__ import annotations
-import json, re
+import ctypes, json, re
 from collections import defaultdict
 from pathlib import Path
 import torch, torch.nn as nn, torch.distributed as tdist
@@ -15,6 +15,7 @@ from .core import LLMLiteError, check, default_device, default_dtype, as_dtype
 from .dist import world
 from .formats import atomic_write_all, GGUFFile
 from .quant import QLinear, quantize_linear, qtensor_from_state, is_skipped, quant_spec
+from .packed import PACKABLE, packed_gguf
 from .tokenizer import Tokenizer
 from .models import Config, Decoder, check_loaded
 from .hf import (KeyMap, hf_keymap, open_hf_dir, build_model, hf_class, resolve, derived, task_heads, fuse, split_fused, config_to_hf, quant_config,
@@ -106,29 +107,44 @@ def load_hf_dir(d, dtype=None, device=None, quant:dict|None=None, task:str|None=
     return check_loaded(model, str(d)), tok
 
 # %% ../nbs/17_loading.ipynb #b89a8c37
-def _gguf_items(g:GGUFFile, cfg:Config):
-    "Yield (file, our name, dequantized tensor) for every tensor of GGUF file `g`."
+def _gguf_items(g:GGUFFile, cfg:Config, packed:bool=False, dtype=torch.float32):
+    "Yield (file, our name, tensor) for every tensor of GGUF file `g`: dequantized, or with `packed` its Q4_0/Q4_1/Q8_0 matrices as `PackedTensor`s."
     km = KeyMap(gguf_names)
-    for t in g.tensors:
+    for t, (shape, qt, _) in g.tensors.items():
         name = km.inv(t)
         check(name is not None, f"{g.path}: unexpected tensor {t!r} for a {cfg.arch} model")
-        try: w = g.get(t)
+        nh = (cfg.n_heads if '.wq.' in name else cfg.n_kv_heads) if cfg.arch == 'llama' and name.endswith(('attn.wq.weight', 'attn.wk.weight')) else None
+        try:
+            if packed and qt in PACKABLE and len(shape) == 2 and shape[0] % 32 == 0:
+                w = packed_gguf(g, t, None if nh is None else unpermute(torch.arange(shape[0]), nh), dtype)
+            else:
+                w = g.get(t)
+                if nh is not None: w = unpermute(w, nh)
+        except LLMLiteError: raise
         except Exception as e: raise LLMLiteError(f"{g.path}: tensor {t!r} cannot be dequantized ({type(e).__name__}: {e})") from None
-        if cfg.arch == 'llama' and name.endswith(('attn.wq.weight', 'attn.wk.weight')):
-            w = unpermute(w, cfg.n_heads if '.wq.' in name else cfg.n_kv_heads)
         yield str(g.path), name, w
 
 # %% ../nbs/17_loading.ipynb #eaf60ecd
-def load_gguf(path, dtype=None, device=None, quant:dict|None=None):
+try: _libc = ctypes.CDLL('libc.so.6')
+except OSError: _libc = None
+
+def _release():
+    "Hand the freed temporaries of unpacking back to the OS (glibc keeps them in its heap otherwise: 200 MB after packing SmolLM2-135M)."
+    if _libc is not None and hasattr(_libc, 'malloc_trim'): _libc.malloc_trim(0)
+
+def load_gguf(path, dtype=None, device=None, quant:dict|None=None,
+              packed:bool=False): # keep Q4_0/Q4_1/Q8_0 matrices packed (CPU only; `packed.PackedTensor`)
     "Load a GGUF file into a `Decoder` and its `Tokenizer` (None when the file carries none)."
     g = GGUFFile(path)
     cfg = gguf_config(g)
     km = KeyMap(gguf_names)
+    check(not packed or (quant is None and torch.device(device or 'cpu').type == 'cpu'), f"{path}: packed weights are for the CPU and stay as the file quantized them (no `quant`)")
     check_layers(cfg, [km.inv(t) for t in g.tensors], str(path))
     with torch.device('meta'): model = Decoder(cfg)
     check_shapes(model, ((path, t, km.inv(t), shape) for t, (shape, _, _) in g.tensors.items()))
-    stream_into(model, _gguf_items(g, cfg), dtype, device, quant)
+    stream_into(model, _gguf_items(g, cfg, packed, dtype or torch.float32), dtype, device, quant)
     tok = Tokenizer.from_gguf(g) if 'tokenizer.ggml.tokens' in g.meta else None
+    _release()
     return check_loaded(model, str(path)), tok
 
 # %% ../nbs/17_loading.ipynb #642697da
@@ -138,7 +154,8 @@ def load(src, dtype=None, device=None,
          skip=('head', 'classifier'), # linear layers (names or regexes) left unquantized: output and task heads
          task:str|None=None, # encoders: 'base', 'mlm', 'cls' or 'tokens' (None: the checkpoint's own); a new task head starts fresh
          shard:bool|dict=False, # under a process group: FSDP2-shard while loading, each rank reading only its slices (True, or `fsdp.shard`'s keyword arguments)
-         prepare=None): # with `shard`: called on the model before it is sharded, e.g. `lambda m: add_adapters(m, r=8)`
+         prepare=None, # with `shard`: called on the model before it is sharded, e.g. `lambda m: add_adapters(m, r=8)`
+         packed:bool=False): # a GGUF on the CPU: keep its Q4_0/Q4_1/Q8_0 weights packed for inference (`packed.PackedTensor`) instead of dense `dtype`
     "Load a model and tokenizer from a Hugging Face directory, a GGUF file or a hub id: returns `(model, tok)`."
     device = torch.device(device or default_device())
     dtype = as_dtype(dtype) or default_dtype(device)
@@ -147,11 +164,12 @@ def load(src, dtype=None, device=None,
     kw = shard if isinstance(shard, dict) else {}
     if shard:
         check(tdist.is_available() and tdist.is_initialized(), "load(shard=...) needs a process group: start the job with `dist.launch` or torchrun")
+    check(not packed or p.is_file(), f"{p}: packed weights are read from a GGUF file (packed=True)")
     if shard and world() > 1:
         check(p.is_dir(), f"{p}: sharded loading reads Hugging Face safetensors directories")
         model, tok = load_into_shards(p, dtype, device, q, kw, prepare)
     else:
-        model, tok = load_gguf(p, dtype, device, q) if p.is_file() or p.suffix == '.gguf' else load_hf_dir(p, dtype, device, q, task)
+        model, tok = load_gguf(p, dtype, device, q, packed) if p.is_file() or p.suffix == '.gguf' else load_hf_dir(p, dtype, device, q, task)
         if shard:  # one rank: nothing to split
             if prepare: prepare(model)
             fsdp_shard(model, **kw)
