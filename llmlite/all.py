@@ -13,6 +13,7 @@ from .core import *
 from .dist import *
 from .formats import *
 from .quant import *
+from .packed import *
 from .attention import *
 from .tokenizer import *
 from .data import *
@@ -37,6 +38,6 @@ from .jobs import *
 
 # %% ../nbs/99_all.ipynb #6e76ea21
 import importlib as _il
-_modules = ('errors', 'core', 'dist', 'formats', 'quant', 'attention', 'tokenizer', 'data', 'cache', 'models', 'adapters', 'store', 'encoders', 'seq2seq', 'hf',
+_modules = ('errors', 'core', 'dist', 'formats', 'quant', 'packed', 'attention', 'tokenizer', 'data', 'cache', 'models', 'adapters', 'store', 'encoders', 'seq2seq', 'hf',
             'peft', 'generate', 'checkpoints', 'plan', 'fsdp', 'loading', 'eval', 'serve', 'learner', 'cli', 'jobs')
 __all__ = [n for m in _modules for n in _il.import_module(f'llmlite.{m}').__all__]

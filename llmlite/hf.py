@@ -15,6 +15,7 @@ from huggingface_hub import snapshot_download
 from .core import LLMLiteError, check, progress
 from .formats import read_json, SafetensorsFile, GGUFFile
 from .quant import QLinear
+from .packed import PACKABLE, packed_gguf
 from .models import Config, Decoder
 from .encoders import encoder_classes
 from .seq2seq import EncoderDecoder
@@ -391,16 +392,22 @@ def unpermute(w, n_heads:int):
     return w.reshape(n_heads, s[0] // n_heads // 2, 2, *s[1:]).swapaxes(1, 2).reshape(s)
 
 # %% ../nbs/11_hf.ipynb #87470cd7
-def gguf_items(g:GGUFFile, cfg:Config):
-    "Yield (file, our name, dequantized tensor) for every tensor of GGUF file `g`, with a progress bar on large files (in float32 bytes)."
+def gguf_items(g:GGUFFile, cfg:Config, packed:bool=False, dtype=torch.float32):
+    "Yield (file, our name, tensor) for every tensor of GGUF file `g`: dequantized, or with `packed` its Q4_0/Q4_1/Q8_0 matrices as `PackedTensor`s; a progress bar on large files (in float32 bytes)."
     km, f32 = KeyMap(gguf_names), lambda t: math.prod(g.tensors[t][0]) * 4
     for t in progress(g.tensors, sum(map(f32, g.tensors)), len(g.tensors), size=f32, desc=f"loading {g.path.name}"):
+        shape, qt, _ = g.tensors[t]
         name = km.inv(t)
         check(name is not None, f"{g.path}: unexpected tensor {t!r} for a {cfg.arch} model")
-        try: w = g.get(t)
+        nh = (cfg.n_heads if '.wq.' in name else cfg.n_kv_heads) if cfg.arch == 'llama' and name.endswith(('attn.wq.weight', 'attn.wk.weight')) else None
+        try:
+            if packed and qt in PACKABLE and len(shape) == 2 and shape[0] % 32 == 0:
+                w = packed_gguf(g, t, None if nh is None else unpermute(torch.arange(shape[0]), nh), dtype)
+            else:
+                w = g.get(t)
+                if nh is not None: w = unpermute(w, nh)
+        except LLMLiteError: raise
         except Exception as e: raise LLMLiteError(f"{g.path}: tensor {t!r} cannot be dequantized ({type(e).__name__}: {e})") from None
-        if cfg.arch == 'llama' and name.endswith(('attn.wq.weight', 'attn.wk.weight')):
-            w = unpermute(w, cfg.n_heads if '.wq.' in name else cfg.n_kv_heads)
         yield str(g.path), name, w
 
 # %% ../nbs/11_hf.ipynb #c178f1f0

@@ -6,7 +6,7 @@ Docs: https://llmlite.github.io/llmlite/loading.html.md"""
 
 # %% ../nbs/17_loading.ipynb #9fcbb303
 from __future__ import annotations
-import json, math, re
+import ctypes, json, re
 from collections import defaultdict
 from pathlib import Path
 import torch, torch.nn as nn, torch.distributed as tdist
@@ -16,7 +16,7 @@ from .dist import world
 from .formats import atomic_write_all, GGUFFile
 from .quant import QLinear, quantize_linear, qtensor_from_state, is_skipped, quant_spec
 from .tokenizer import Tokenizer
-from .models import Config, Decoder, check_loaded
+from .models import Decoder, check_loaded
 from .hf import (KeyMap, hf_keymap, open_hf_dir, build_model, hf_class, resolve, derived, task_heads, fuse, split_fused, config_to_hf, quant_config,
                         gguf_config, gguf_names, gguf_items, check_layers, check_shapes)
 from .fsdp import shard as fsdp_shard, load_into_shards
@@ -107,16 +107,26 @@ def load_hf_dir(d, dtype=None, device=None, quant:dict|None=None, task:str|None=
     return check_loaded(model, str(d)), tok
 
 # %% ../nbs/17_loading.ipynb #eaf60ecd
-def load_gguf(path, dtype=None, device=None, quant:dict|None=None):
+try: _libc = ctypes.CDLL('libc.so.6')
+except OSError: _libc = None
+
+def _release():
+    "Hand the freed temporaries of unpacking back to the OS (glibc keeps them in its heap otherwise: 200 MB after packing SmolLM2-135M)."
+    if _libc is not None and hasattr(_libc, 'malloc_trim'): _libc.malloc_trim(0)
+
+def load_gguf(path, dtype=None, device=None, quant:dict|None=None,
+              packed:bool=False): # keep Q4_0/Q4_1/Q8_0 matrices packed (CPU only; `packed.PackedTensor`)
     "Load a GGUF file into a `Decoder` and its `Tokenizer` (None when the file carries none)."
     g = GGUFFile(path)
     cfg = gguf_config(g)
     km = KeyMap(gguf_names)
+    check(not packed or (quant is None and torch.device(device or 'cpu').type == 'cpu'), f"{path}: packed weights are for the CPU and stay as the file quantized them (no `quant`)")
     check_layers(cfg, [km.inv(t) for t in g.tensors], str(path))
     with torch.device('meta'): model = Decoder(cfg)
     check_shapes(model, ((path, t, km.inv(t), shape) for t, (shape, _, _) in g.tensors.items()))
-    stream_into(model, gguf_items(g, cfg), dtype, device, quant)
+    stream_into(model, gguf_items(g, cfg, packed, dtype or torch.float32), dtype, device, quant)
     tok = Tokenizer.from_gguf(g) if 'tokenizer.ggml.tokens' in g.meta else None
+    _release()
     return check_loaded(model, str(path)), tok
 
 # %% ../nbs/17_loading.ipynb #642697da
@@ -126,7 +136,8 @@ def load(src, dtype=None, device=None,
          skip=('head', 'classifier'), # linear layers (names or regexes) left unquantized: output and task heads
          task:str|None=None, # encoders: 'base', 'mlm', 'cls' or 'tokens' (None: the checkpoint's own); a new task head starts fresh
          shard:bool|dict=False, # under a process group: FSDP2-shard while loading, each rank reading only its slices (True, or `fsdp.shard`'s keyword arguments)
-         prepare=None): # with `shard`: called on the model before it is sharded, e.g. `lambda m: add_adapters(m, r=8)`
+         prepare=None, # with `shard`: called on the model before it is sharded, e.g. `lambda m: add_adapters(m, r=8)`
+         packed:bool=False): # a GGUF on the CPU: keep its Q4_0/Q4_1/Q8_0 weights packed for inference (`packed.PackedTensor`) instead of dense `dtype`
     "Load a model and tokenizer from a Hugging Face directory, a GGUF file or a hub id: returns `(model, tok)`."
     device = torch.device(device or default_device())
     dtype = as_dtype(dtype) or default_dtype(device)
@@ -135,10 +146,11 @@ def load(src, dtype=None, device=None,
     kw = shard if isinstance(shard, dict) else {}
     if shard:
         check(tdist.is_available() and tdist.is_initialized(), "load(shard=...) needs a process group: start the job with `dist.launch` or torchrun")
+    check(not packed or p.is_file(), f"{p}: packed weights are read from a GGUF file (packed=True)")
     if shard and world() > 1:
         model, tok = load_into_shards(p, dtype, device, q, kw, prepare)
     else:
-        model, tok = load_gguf(p, dtype, device, q) if p.is_file() or p.suffix == '.gguf' else load_hf_dir(p, dtype, device, q, task)
+        model, tok = load_gguf(p, dtype, device, q, packed) if p.is_file() or p.suffix == '.gguf' else load_hf_dir(p, dtype, device, q, task)
         if shard:  # one rank: nothing to split
             if prepare: prepare(model)
             fsdp_shard(model, **kw)
