@@ -18,7 +18,7 @@ from .adapters import AdapterLinear, dense_weight, linear_layers, adapter_layers
 from .hf import KeyMap, gguf_names, permute
 
 # %% auto #0
-__all__ = ['qtypes', 'gguf_arch', 'merged_state', 'llama_rows', 'gguf_vocab', 'save_gguf', 'save_gguf_lora']
+__all__ = ['qtypes', 'gguf_arch', 'merged_tensors', 'llama_rows', 'gguf_vocab', 'save_gguf', 'save_gguf_lora']
 
 # %% ../nbs/17_export.ipynb #29c74d5a
 _archs = {'llama': 'llama', 'mistral': 'llama', 'qwen2': 'qwen2'}
@@ -32,17 +32,17 @@ def gguf_arch(cfg) -> str:
     return _archs[cfg.arch]
 
 # %% ../nbs/17_export.ipynb #a55163b4
-def merged_state(model) -> dict:
-    "Our name -> dense fp32 tensor of every parameter of `model`: 4-bit weights dequantized, the active adapter merged; the model is left as it is."
+def merged_tensors(model):
+    "Yield (our name, dense fp32 tensor) for every parameter of `model`: 4-bit weights dequantized, the active adapter merged; the model is left as it is."
     check(not trained_copies(model), f"save_gguf: the model carries modules trained in full ({', '.join(trained_copies(model))}): a GGUF model has no place for them")
-    lin, sd = linear_layers(model), {}
+    lin = linear_layers(model)
+    inside = tuple(p + '.' for p in lin)
+    yield from ((n, p.detach().float()) for n, p in model.named_parameters() if not n.startswith(inside))
     for path, m in lin.items():
         base = m.base if isinstance(m, AdapterLinear) else m
         on = isinstance(m, AdapterLinear) and m.active is not None and not m.disabled
-        sd[f'{path}.weight'] = m.merged_weight(m.active) if on else dense_weight(base)
-        if base.bias is not None: sd[f'{path}.bias'] = base.bias.detach().float()
-    inside = tuple(p + '.' for p in lin)
-    return sd | {n: p.detach().float() for n, p in model.named_parameters() if not n.startswith(inside)}
+        yield f'{path}.weight', m.merged_weight(m.active) if on else dense_weight(base)
+        if base.bias is not None: yield f'{path}.bias', base.bias.detach().float()
 
 # %% ../nbs/17_export.ipynb #880e60b7
 qtypes = {'f32': (QT.F32, FT.ALL_F32), 'f16': (QT.F16, FT.MOSTLY_F16), 'bf16': (QT.BF16, FT.MOSTLY_BF16), 'q8_0': (QT.Q8_0, FT.MOSTLY_Q8_0),
@@ -125,7 +125,7 @@ def save_gguf(model, tok:Tokenizer|None, path,
     w.add_type(gguf.GGUFType.MODEL); w.add_name(Path(cfg.name).stem if cfg.name else 'llmlite')
     _config_meta(w, cfg, ft)
     if tok is not None: _add_vocab(w, tok, cfg.vocab_size)
-    for n, t in merged_state(model).items():
+    for n, t in merged_tensors(model):
         if n == 'head.weight' and cfg.tie_embeddings: continue
         check(km(n) is not None, f"save_gguf: parameter {n!r} has no GGUF name")
         _add(w, km(n), llama_rows(cfg, n, t), qt)
