@@ -69,7 +69,7 @@ def _pre(pt:dict|None) -> str|None:
     "llama.cpp's name (`tokenizer.ggml.pre`) of a byte-level BPE pre-tokenizer given as `tokenizers` JSON; None when it has none."
     steps = [] if pt is None else pt.get('pretokenizers', [pt])
     kinds = [s['type'] for s in steps]
-    if kinds == ['ByteLevel'] and steps[0].get('use_regex', True) and not steps[0].get('add_prefix_space'): return 'gpt2'
+    if kinds == ['ByteLevel'] and steps[0].get('use_regex', True) and not steps[0].get('add_prefix_space'): return 'gpt-2'
     if kinds == ['Digits', 'ByteLevel'] and steps[0].get('individual_digits') and steps[1].get('use_regex', True): return 'smollm'
     if kinds == ['Split', 'ByteLevel'] and not steps[1].get('use_regex', True):
         return next((k for k, v in gguf_pre_splits.items() if v == steps[0].get('pattern', {}).get('Regex')), None)
