@@ -29,6 +29,7 @@ from .generate import *
 from .checkpoints import *
 from .plan import *
 from .fsdp import *
+from .export import *
 from .loading import *
 from .eval import *
 from .serve import *
@@ -39,5 +40,5 @@ from .jobs import *
 # %% ../nbs/99_all.ipynb #6e76ea21
 import importlib as _il
 _modules = ('errors', 'core', 'dist', 'formats', 'quant', 'packed', 'attention', 'tokenizer', 'data', 'cache', 'models', 'adapters', 'store', 'encoders', 'seq2seq', 'hf',
-            'peft', 'generate', 'checkpoints', 'plan', 'fsdp', 'loading', 'eval', 'serve', 'learner', 'cli', 'jobs')
+            'peft', 'generate', 'checkpoints', 'plan', 'fsdp', 'export', 'loading', 'eval', 'serve', 'learner', 'cli', 'jobs')
 __all__ = [n for m in _modules for n in _il.import_module(f'llmlite.{m}').__all__]

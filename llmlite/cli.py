@@ -6,7 +6,8 @@ Docs: https://llmlite.github.io/llmlite/cli.html.md"""
 
 # %% auto #0
 __all__ = ['commands', 'default_model', 'bundled', 'validate', 'read_config', 'add_options', 'options', 'check_inputs',
-           'Finetune', 'Tokenize', 'Generate', 'Eval', 'Quantize', 'Merge', 'Plan', 'Serve', 'parser', 'parse', 'main']
+           'Finetune', 'Tokenize', 'Generate', 'Eval', 'Quantize', 'Merge', 'Export', 'Plan', 'Serve', 'parser',
+           'parse', 'main']
 
 # %% ../nbs/20_cli.ipynb #c6dcd025
 import argparse, difflib, importlib, importlib.resources, importlib.util, sys, tomllib, types, typing
@@ -215,6 +216,21 @@ class Merge:
     inputs = ('adapter',)
     def __post_init__(self): validate(self)
 
+# %% ../nbs/20_cli.ipynb #8db30400
+@dataclass
+class Export:
+    "Options of `llmlite export`."
+    gguf:str = 'out/model.gguf'  # the GGUF file to write, for llama.cpp and ollama
+    model:str|None = None        # HF directory, .gguf file or hub id of the base (None: the embedded SmolLM2-135M-Instruct)
+    adapter:str|None = None      # a PEFT adapter directory: merged into the model (with --lora-gguf, written alone)
+    quant:Literal['nf4', 'hqq', ''] = '' # load the base quantized, as the adapter was trained ('': dense); the export is dequantized first
+    qtype:Literal['f32', 'f16', 'bf16', 'q8_0', 'q5_1', 'q5_0', 'q4_1', 'q4_0'] = 'f16' # the GGUF type of the weights (a LoRA file: f32, f16, bf16 or q8_0)
+    lora_gguf:bool = False       # write the adapter as a GGUF LoRA file that llama.cpp applies at run time over the base's GGUF, not a merged model
+    inputs = ('adapter',)
+    def __post_init__(self):
+        validate(self)
+        check(self.adapter or not self.lora_gguf, "lora_gguf: give the adapter to write (--adapter DIR)")
+
 # %% ../nbs/20_cli.ipynb #2b0dd36c
 @dataclass
 class Plan:
@@ -278,6 +294,7 @@ commands = {'finetune': (Finetune, 'finetune', 'QLoRA/QDoRA fine-tune (no argume
             'eval': (Eval, 'run_eval', 'evaluate on a task file'),
             'quantize': (Quantize, 'run_quantize', 'quantize a model and save it (NF4 as a bitsandbytes-4bit checkpoint)'),
             'merge': (Merge, 'run_merge', 'merge an adapter into its base and save a dense model'),
+            'export': (Export, 'run_export', 'write a model (its adapter merged) or an adapter as GGUF for llama.cpp and ollama'),
             'tokenize': (Tokenize, 'run_tokenize', 'tokenize a corpus once into a token store for training'),
             'serve': (Serve, 'run_serve', 'serve a model and its adapters over HTTP with OpenAI\'s API, batching requests as they come'),
             'plan': (Plan, 'run_plan', 'predict peak memory per device of a (Q)LoRA job, term by term, and whether it fits')}

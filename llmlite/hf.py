@@ -23,8 +23,8 @@ from .seq2seq import EncoderDecoder
 # %% auto #0
 __all__ = ['llama_names', 'mpt_names', 'bert_names', 'modernbert_names', 'families', 'gguf_names', 'gguf_archs', 'derived',
            'task_heads', 'KeyMap', 't5_names', 'Family', 'family', 'config_from_hf', 'config_to_hf', 'hf_keymap',
-           'split_fused', 'fuse', 'check_layers', 'check_shapes', 'gguf_config', 'unpermute', 'gguf_items', 'resolve',
-           'safetensors_files', 'HFDir', 'open_hf_dir', 'build_model', 'hf_class', 'quant_config']
+           'split_fused', 'fuse', 'check_layers', 'check_shapes', 'gguf_config', 'unpermute', 'permute', 'gguf_items',
+           'resolve', 'safetensors_files', 'HFDir', 'open_hf_dir', 'build_model', 'hf_class', 'quant_config']
 
 # %% ../nbs/11_hf.ipynb #d637060e
 class KeyMap:
@@ -390,6 +390,11 @@ def unpermute(w, n_heads:int):
     "Undo llama.cpp's Q/K row permutation for `n_heads` heads."
     s = w.shape
     return w.reshape(n_heads, s[0] // n_heads // 2, 2, *s[1:]).swapaxes(1, 2).reshape(s)
+
+def permute(w, n_heads:int):
+    "llama.cpp's Q/K row permutation for `n_heads` heads (what its converter applies; the inverse of `unpermute`)."
+    s = w.shape
+    return w.reshape(n_heads, 2, s[0] // n_heads // 2, *s[1:]).swapaxes(1, 2).reshape(s)
 
 # %% ../nbs/11_hf.ipynb #87470cd7
 def gguf_items(g:GGUFFile, cfg:Config, packed:bool=False, dtype=torch.float32):

@@ -6,7 +6,7 @@ Docs: https://llmlite.github.io/llmlite/jobs.html.md"""
 
 # %% auto #0
 __all__ = ['mixture_data', 'train_data', 'finetune', 'run_tokenize', 'run_generate', 'run_eval', 'run_quantize', 'run_merge',
-           'run_serve', 'plan_config', 'run_plan']
+           'run_export', 'run_serve', 'plan_config', 'run_plan']
 
 # %% ../nbs/20_jobs.ipynb #d8c4a829
 import json, time
@@ -31,7 +31,8 @@ from .models import Config
 from .hf import config_from_hf
 from .plan import plan
 from .serve import Engine, serve
-from .cli import Finetune, Generate, Eval, Quantize, Merge, Plan, Serve, Tokenize, default_model, bundled, check_inputs
+from .export import save_gguf, save_gguf_lora
+from .cli import Finetune, Generate, Eval, Quantize, Merge, Export, Plan, Serve, Tokenize, default_model, bundled, check_inputs
 
 # %% ../nbs/20_jobs.ipynb #749f1adc
 _SCHEDS = dict(const=lambda a, b=None: const(a), linear=linear, cosine=cosine)
@@ -155,6 +156,14 @@ def run_merge(o:Merge):
     model, tok = _load(o, o.quant)
     print(merge_adapters(model))
     print(f"wrote {save_model(model, o.out, tok)}")
+
+# %% ../nbs/20_jobs.ipynb #6fa35c7a
+def run_export(o:Export) -> str:
+    "Write the model of options `o` (its adapter merged), or with `o.lora_gguf` the adapter alone, as GGUF."
+    model, tok = _load(o, o.quant)
+    p = save_gguf_lora(model, o.gguf, o.qtype) if o.lora_gguf else save_gguf(model, tok, o.gguf, o.qtype)
+    print(f"wrote {p}")
+    return str(p)
 
 # %% ../nbs/20_jobs.ipynb #6669f46f
 def run_serve(o:Serve):
