@@ -75,7 +75,7 @@ def main():
     ref16 = [ours(m16, tok, p, a.max_new) for p in prompts]
     del m16
     stops = set(tok.stop_ids)
-    kw = dict(n_ctx=512, n_threads=a.threads, n_batch=512, verbose=False)
+    kw = dict(n_ctx=512, n_threads=a.threads, n_batch=512, logits_all=True, verbose=False)   # without logits_all, 0.3.36 leaves `scores` zero
     res = {}
     for name, path, lora in (('f16', files['f16'], None), ('q8_0', files['q8_0'], None), ('base+lora', files['base'], files['lora'])):
         llm = Llama(model_path=str(path), lora_path=str(lora) if lora else None, **kw)
