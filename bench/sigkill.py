@@ -2,7 +2,7 @@
 weights must be bit-identical to an uninterrupted run's, and metrics.jsonl must hold each step once.
 
 `python bench/sigkill.py [trials]` (default 20). Each trial runs a tiny decoder for 60 steps, saving every 4, in a child
-process killed after a random delay, then resumes it to the end in a fresh process.
+process killed at a random moment (a random part of a step after a random step's log line), then resumes it to the end in a fresh process.
 """
 import hashlib, json, os, random, signal, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -48,13 +48,15 @@ print(f"uninterrupted run: {full:.1f}s, final checkpoint {ref[1]}, weights {ref[
 good = landed = 0
 for i in range(n):
     d = Path(tempfile.mkdtemp()); p = run(d)
-    delay = rng.uniform(0.3 * full, 0.95 * full); time.sleep(delay); p.send_signal(signal.SIGKILL); p.wait()
+    at, extra = rng.randint(3, 58), rng.uniform(0, 0.4)         # after a random step's log line, a random part of a step on
+    while p.poll() is None and not ((d/'metrics.jsonl').exists() and (d/'metrics.jsonl').read_bytes().count(b'\n') >= at): time.sleep(0.002)
+    time.sleep(extra); p.send_signal(signal.SIGKILL); p.wait()
     hit = p.returncode == -signal.SIGKILL; landed += hit          # not hit: the run had already finished (the machine sped up)
     q = run(d); q.wait()
     got = digest(d) if q.returncode == 0 else None
     ok = got is not None and got[0] == ref[0] and got[2] == list(range(1, 61))
     good += ok
-    print(f"trial {i + 1:2}: {'killed' if hit else 'finished before the kill at'} {delay:5.1f}s; resumed {'ok' if q.returncode == 0 else 'FAILED'}; weights {'identical' if got and got[0] == ref[0] else 'DIFFER'}; "
+    print(f"trial {i + 1:2}: {'killed' if hit else 'finished before the kill'} {extra:.2f} s after log line {at:2}; resumed {'ok' if q.returncode == 0 else 'FAILED'}; weights {'identical' if got and got[0] == ref[0] else 'DIFFER'}; "
           f"metric steps {'each once' if got and got[2] == list(range(1, 61)) else 'WRONG'}")
 print(f"{good} of {n} trials ({landed} killed mid-run): resume bit-identical, metrics without duplicated steps; load {os.getloadavg()}")
 sys.exit(0 if good == n else 1)
