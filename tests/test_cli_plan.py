@@ -26,7 +26,8 @@ def test_plan_hf_config_json(tmp_path):
 
 def test_plan_errors(tmp_path):
     assert "Unknown model name 'Llama-9'" in llmlite('--model', 'Llama-9', ok=False).stderr
-    assert "can't be split over 3 ranks" in llmlite('--world-size', 3, ok=False).stderr
+    assert "can't be split over 5000 ranks (its 4096 rows in chunks of 1 leave 904 of 5000 ranks without rows)" in llmlite('--world-size', 5000, ok=False).stderr
+    assert 'Llama-2-7B on 3 device(s)' in llmlite('--world-size', 3).stdout     # any shape shards now: 4096 rows over 3 ranks
     assert 'targets must be' in llmlite('--targets', 'q_proj', ok=False).stderr
     (tmp_path/'config.json').write_text('{')
     assert 'config.json: not valid JSON' in llmlite('--model', tmp_path, ok=False).stderr
