@@ -1,4 +1,4 @@
-"""Quantized weights kept packed in memory (4-bit GGUF blocks, Q8_0, HQQ 4-bit) and multiplied by torch's int4 CPU kernel, never expanded to a dense copy.
+"""Quantized weights kept packed in memory (GGUF Q4_0, Q4_1 and Q8_0 blocks) and multiplied by torch's int4 CPU kernel, never expanded to a dense copy.
 
 Docs: https://llmlite.github.io/llmlite/packed.html.md"""
 
