@@ -13,8 +13,8 @@ from tqdm import tqdm
 from .errors import LLMLiteError, check
 
 # %% auto #0
-__all__ = ['BF16_FLAGS', 'default_device', 'default_dtype', 'as_dtype', 'cpu_flags', 'native_bf16', 'seed_everything', 'rss',
-           'MemoryMeter', 'progress', 'train_mode']
+__all__ = ['BF16_FLAGS', 'default_device', 'default_dtype', 'as_dtype', 'cpu_flags', 'native_bf16', 'seed_everything',
+           'all_finite', 'rss', 'MemoryMeter', 'progress', 'train_mode']
 
 # %% ../nbs/00_core.ipynb #d6ca1d1b
 def default_device():
@@ -63,6 +63,11 @@ def native_bf16(device=None) -> bool:
 def seed_everything(seed:int=42):
     "Seed Python, NumPy and torch (all devices) for a reproducible run."
     random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
+
+# %% ../nbs/00_core.ipynb #d7f8fca9
+def all_finite(t:torch.Tensor) -> bool:
+    "Whether every value of `t` is finite (True for integer and empty tensors), in one min/max pass."
+    return not t.is_floating_point() or not t.numel() or bool(torch.stack(torch.aminmax(t)).isfinite().all())
 
 # %% ../nbs/00_core.ipynb #c7d4847a
 def rss() -> int:

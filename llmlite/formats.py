@@ -10,7 +10,7 @@ import collections, json, math, os, shutil, struct, tempfile, warnings
 from pathlib import Path
 import gguf, numpy as np, torch
 from fastcore.basics import patch
-from .core import LLMLiteError, check
+from .core import LLMLiteError, check, all_finite
 
 # %% auto #0
 __all__ = ['read_json', 'atomic_write_all', 'atomic_write', 'write_json', 'write_dir', 'SafetensorsFile', 'GGUFFile']
@@ -125,7 +125,7 @@ def _check_entry(self:SafetensorsFile, k, v, size):
 # %% ../nbs/02_formats.ipynb #5e96f96f
 def _finite(t:torch.Tensor, what:str) -> torch.Tensor:
     "`t`, after a warning naming `what` when it holds NaN or infinite values (loading goes on: the user decides)."
-    if t.is_floating_point() and t.numel() and not torch.isfinite(t).all():
+    if not all_finite(t):
         warnings.warn(f"{what} holds {int((~torch.isfinite(t)).sum())} NaN or infinite values", stacklevel=3)
     return t
 
