@@ -6,7 +6,7 @@ Docs: https://llmlite.github.io/llmlite/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #cf80b0a5
 from __future__ import annotations
-import functools, os, random, sys, threading, time
+import ctypes, functools, os, random, sys, threading, time
 from contextlib import contextmanager
 import numpy as np, torch
 from tqdm import tqdm
@@ -14,7 +14,7 @@ from .errors import LLMLiteError, check
 
 # %% auto #0
 __all__ = ['BF16_FLAGS', 'default_device', 'default_dtype', 'as_dtype', 'cpu_flags', 'native_bf16', 'seed_everything',
-           'all_finite', 'rss', 'MemoryMeter', 'progress', 'train_mode']
+           'all_finite', 'rss', 'MemoryMeter', 'trim_heap', 'progress', 'train_mode']
 
 # %% ../nbs/00_core.ipynb #d6ca1d1b
 def default_device():
@@ -89,6 +89,14 @@ class MemoryMeter:
         self._stop.set(); self._t.join(); self.peak = max(self.peak, rss())
         if torch.cuda.is_available(): self.cuda_peak = torch.cuda.max_memory_allocated()
     def __repr__(self): return f"MemoryMeter(peak={self.peak/2**20:.0f} MiB, cuda_peak={self.cuda_peak/2**20:.0f} MiB)"
+
+# %% ../nbs/00_core.ipynb #bce097b2
+try: _libc = ctypes.CDLL('libc.so.6')
+except OSError: _libc = None
+
+def trim_heap():
+    "Give the free pages of the C heap back to the system (glibc's `malloc_trim`), so RSS follows the live tensors."
+    if _libc is not None and hasattr(_libc, 'malloc_trim'): _libc.malloc_trim(0)
 
 # %% ../nbs/00_core.ipynb #1f08581a
 def progress(items, total:int, # bytes the items add up to

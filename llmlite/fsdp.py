@@ -12,7 +12,7 @@ import torch, torch.nn as nn, torch.distributed as tdist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard, FSDPModule, MixedPrecisionPolicy, CPUOffloadPolicy, OffloadPolicy
 from torch.distributed.tensor import DTensor
-from .core import LLMLiteError, check, as_dtype, default_dtype, progress
+from .core import LLMLiteError, check, as_dtype, default_dtype, progress, trim_heap
 from .dist import rank, world
 from .formats import GGUFFile
 from .quant import QTensor, QLinear, quantize_weight, empty_qtensor, is_skipped, split_error, qtensor_from_state
@@ -161,7 +161,8 @@ def load_into_shards(src, dtype, device, quant:dict|None=None, shard_kw:dict|Non
         r0, r1 = _owned(p, r, ws)
         if isinstance(p.to_local(), QTensor):  # 4-bit statistics span the whole tensor: quantize it all (unless stored so), keep our rows
             if w is None: w = quantize_weight(read(0, shape[0]).to(device, dtype), quant['method'], quant['bits'], quant['group_size'], name)
-            local = w.rows(r0, r1).clone().to(device=dev, dtype=dtype)
+            local = w.rows(r0, r1).clone().to(device=dev, dtype=dtype); del w
+            trim_heap()   # the whole weight and its quantization temporaries (glibc keeps them resident otherwise)
         else: local = read(r0, r1).to(dev, dtype)
         _set_local(m, a, local)
     _init_adapters(model, r, ws)
