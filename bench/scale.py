@@ -4,7 +4,8 @@ quantized, exported and fine-tuned by llmlite, beside transformers + bitsandbyte
 The checkpoint is written once (cached, `--dir`, default /work/cache/scale8b) with the SmolLM2 tokenizer (its ids are < the
 8B vocab). Every measurement runs in a fresh process (`--job ...`), watched by the parent, which samples the RSS of the
 child's whole process tree every 50 ms, records its peak and kills it past `--limit-gb` (reported as the outcome). The child
-also reports its own RSS after imports, so peaks are printed both whole and as growth over the imported runtime.
+also reports its own RSS after imports, so peaks are printed both whole and as growth over the imported runtime; `peak_anon_gb` leaves out
+file-backed pages (a memory-mapped checkpoint counts in RSS while mapped, though the kernel can drop those pages).
 Jobs, in the order `python bench/scale.py` runs them (alternating llmlite and peer loads for `--rounds` rounds):
   load-llmlite nf4|hqq   `llmlite.load(dir, quant=..., dtype='bf16')`: wall time, peak RSS, bytes the model holds
   load-peer              `AutoModelForCausalLM.from_pretrained(dir, quantization_config=BitsAndBytesConfig(load_in_4bit=True,
@@ -13,7 +14,7 @@ Jobs, in the order `python bench/scale.py` runs them (alternating llmlite and pe
   reload                 transformers reads the export: its logits against llmlite's (max abs difference / max abs logit)
   qlora 1|2              QLoRA steps (seq 256, bs 1, LoRA r 16 on all linears, activation checkpointing, fp32 compute) in one
                          process, or 2 FSDP2 ranks (`load(..., shard=True)`), per-rank peak against `llmlite.plan`
-Usage: python bench/scale.py [--only load|export|qlora] [--rounds 2] [--steps 3] [--limit-gb 18] [--timeout-s S] [--dir DIR]
+Usage: python bench/scale.py [--only load|export|reload|qlora] [--rounds 2] [--steps 3] [--limit-gb 18] [--timeout-s S] [--dir DIR]
 """
 import argparse, json, os, signal, statistics, subprocess, sys, time
 from pathlib import Path
@@ -158,21 +159,22 @@ def run(job, *args, limit_gb=18., d=None, until=None):
     env = dict(os.environ, PYTHONPATH=str(HERE.parent), OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '2'))
     la0 = os.getloadavg()
     p = subprocess.Popen([sys.executable, __file__, '--job', job, str(out), str(d), *map(str, args)], env=env)
-    peak, per, killed, late, pp, t0 = 0, {}, False, False, psutil.Process(p.pid), time.time()
+    peak, anon, per, killed, late, pp, t0 = 0, 0, {}, False, False, psutil.Process(p.pid), time.time()
     try:
         while p.poll() is None:
             try:
                 ps = [pp, *pp.children(recursive=True)]
-                rs = {q.pid: q.memory_info().rss for q in ps}
-            except psutil.Error: rs = {}
+                ms = {q.pid: q.memory_info() for q in ps}
+            except psutil.Error: ms = {}
+            rs = {k: m.rss for k, m in ms.items()}
             for k, v in rs.items(): per[k] = max(per.get(k, 0), v)
-            peak = max(peak, sum(rs.values()))
+            peak, anon = max(peak, sum(rs.values())), max(anon, sum(m.rss - m.shared for m in ms.values()))   # anon: less file pages (a memory-mapped checkpoint)
             if (peak > limit_gb * GB or (late := until is not None and time.time() > until)) and not killed: killed = True; [q.kill() for q in ps if q.is_running()]
             time.sleep(0.05)
     finally:   # the bench stopped (Ctrl-C, SIGTERM): no unwatched child left behind
         if p.poll() is None: [q.kill() for q in [pp, *pp.children(recursive=True)] if q.is_running()]
     res = json.loads(out.read_text()) if out.exists() and not killed else {}
-    res.update(job=job, args=list(args), rc=p.returncode, killed_over_gb=limit_gb if killed and not late else None, killed_late_after_s=time.time() - t0 if late else None, peak_gb=peak / GB,
+    res.update(job=job, args=list(map(str, args)), rc=p.returncode, killed_over_gb=limit_gb if killed and not late else None, killed_late_after_s=time.time() - t0 if late else None, peak_gb=peak / GB, peak_anon_gb=anon / GB,
                peak_per_process_gb=sorted((v / GB for v in per.values()), reverse=True), load_avg=[la0, os.getloadavg()])
     print('\n@' + json.dumps(res), flush=True)   # on a line of its own, after a child's progress bar
     return res
@@ -192,7 +194,7 @@ def child():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--dir', default='/work/cache/scale8b'); ap.add_argument('--only', choices=('load', 'export', 'qlora'), nargs='*')
+    ap.add_argument('--dir', default='/work/cache/scale8b'); ap.add_argument('--only', choices=('load', 'export', 'reload', 'qlora'), nargs='*')
     ap.add_argument('--rounds', type=int, default=2); ap.add_argument('--steps', type=int, default=3)
     ap.add_argument('--limit-gb', type=float, default=18.); ap.add_argument('--quants', nargs='*', default=['nf4', 'hqq'])
     ap.add_argument('--ranks', type=int, nargs='*', default=[1, 2]); ap.add_argument('--timeout-s', type=float, help='kill a job still running this long after the start')
@@ -211,10 +213,9 @@ def main():
             med = lambda f: statistics.median(f(x) for x in ok) if ok else float('nan')
             print(f"{k:18} {med(lambda x: x['secs']):7.1f} s  peak RSS {med(lambda x: x['peak_gb']):6.2f} GB (growth {med(lambda x: x['peak_gb'] - x['base'] / GB):6.2f})"
                   f"  model {med(lambda x: x['model_bytes'] / GB):5.2f} GB  rounds {len(ok)}/{len(rs)}", flush=True)
-    if 'export' in parts:
-        out = d.parent/f"{d.name}_nf4"
-        e = go(12, 'export', out)
-        if e['rc'] == 0: go(12, 'reload', out)
+    out = d.parent/f"{d.name}_nf4"
+    if 'export' in parts: e = go(12, 'export', out)
+    if ('export' in parts and e['rc'] == 0) or 'reload' in parts: go(12, 'reload', out)   # `--only reload`: the export already written
     if 'qlora' in parts:
         import llmlite.plan
         for ws in a.ranks:

@@ -147,8 +147,10 @@ class Tokenize:
     src:str|None = None          # the corpus: a .jsonl(.gz/.zst), .parquet, .arrow, .txt or .md file, a directory of them, or a `datasets` directory
     out:str = 'out/store'        # the store's directory; the same command again finishes an interrupted run
     model:str|None = None        # whose tokenizer: an HF directory or a .gguf (None: the embedded SmolLM2-135M-Instruct)
-    field:str = 'text'           # the field (column) holding each document
-    eos:bool = True              # end every document with the tokenizer's EOS
+    records:Literal['text', 'prompt', 'chat'] = 'text'  # documents (every token trained), prompt/response pairs or conversations (these keep a loss mask)
+    field:str|None = None        # the field (column) holding each document ('text') or conversation ('messages'); prompt records: 'prompt' and 'response'
+    loss_on:str|None = None      # prompt: 'response' (default) or 'all'; chat: 'assistant' (default), 'last' or 'all'
+    eos:bool = True              # end every document (or response) with the tokenizer's EOS
     workers:int = 0              # worker processes (0: encode in this process, the tokenizers library's threads on every core)
     shard_tokens:int = 1 << 25   # tokens per shard
     inputs = ('src',)

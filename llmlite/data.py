@@ -15,9 +15,9 @@ from .core import LLMLiteError, check
 
 # %% auto #0
 __all__ = ['ROLES', 'Records', 'read_text', 'read_records', 'need', 'lm_loss', 'label_loss', 'prompt_tokens', 'chat_spans',
-           'chat_tokens', 'Rows', 'make_rows', 'uniform', 'collate', 'Loader', 'text_data', 'prompt_data', 'chat_data',
-           'mix', 'source_tokens', 'Examples', 'label_ids', 'cls_data', 'mask_tokens', 'mlm_data', 'seq2seq_data',
-           'is_causal', 'model_args']
+           'chat_tokens', 'Rows', 'make_rows', 'uniform', 'collate', 'Loader', 'text_data', 'record_tokens',
+           'prompt_data', 'chat_data', 'mix', 'source_tokens', 'Examples', 'label_ids', 'cls_data', 'mask_tokens',
+           'mlm_data', 'seq2seq_data', 'is_causal', 'model_args']
 
 # %% ../nbs/06_data.ipynb #a9500703
 class Records(list):
@@ -478,17 +478,30 @@ def _text(o:dict, f:str) -> str:
     check(isinstance(v, (str, int, float)) and not isinstance(v, bool), f"field {f!r} holds a {type(v).__name__} ({str(v)[:40]}), not text")
     return str(v)
 
+def record_tokens(tok, kind:str, # 'prompt' (prompt/response pairs) or 'chat' (conversations)
+                  field:str='messages', # chat: the field holding the messages
+                  prompt:str='prompt', response:str='response', # prompt: field names
+                  template:str|None=None, # prompt: format string built from the record's fields, e.g. 'Q: {question}\nA:'
+                  loss_on:str|None=None, # prompt: 'response' (default) or 'all'; chat: 'assistant' (default), 'last' or 'all'
+                  eos:bool=True) -> tuple[list, callable]: # prompt: end the response with EOS
+    "(the fields a record needs, the function giving its (ids, loss mask)): how `prompt_data`, `chat_data` and token stores tokenize records."
+    check(kind in ('prompt', 'chat'), f"records={kind!r}: use 'text', 'prompt' or 'chat'")
+    ok = ('response', 'all') if kind == 'prompt' else ('assistant', 'last', 'all')
+    check(loss_on in (None, *ok), f"loss_on={loss_on!r}: {kind} records take {' or '.join(map(repr, ok))}")
+    if kind == 'chat': return [field], lambda o: chat_tokens(tok, _messages(o, field), loss_on or 'assistant')
+    fields = [f for _, f, _, _ in string.Formatter().parse(template) if f] if template else [prompt]
+    fmt = (lambda o: template.format(**{f: _text(o, f) for f in fields})) if template else (lambda o: _text(o, prompt))
+    return [*fields, response], lambda o: prompt_tokens(tok, fmt(o), _text(o, response), eos, loss_on or 'response')
+
 def prompt_data(src, tok, seq_len:int=2048, bs:int=8,
                 prompt:str='prompt', response:str='response', # Field names
                 template:str|None=None, # Format string for the prompt built from the record's fields, e.g. 'Q: {question}\nA:'
                 loss_on:str='response', # 'response' (and EOS) or 'all'
                 pack:bool=False, truncate:bool=True, eos:bool=True, seed:int=0, shuffle:bool=True, split:str='train') -> Loader:
     "Loader of prompt/response pairs, loss on the response only by default."
-    fields = [f for _, f, _, _ in string.Formatter().parse(template) if f] if template else [prompt]
-    recs = need(read_records(src, split), *fields, response)
-    fmt = (lambda o: template.format(**{f: _text(o, f) for f in fields})) if template else (lambda o: _text(o, prompt))
-    exs = _examples(recs, lambda o: prompt_tokens(tok, fmt(o), _text(o, response), eos, loss_on), 'prompt/response')
-    return _loader(recs, exs, seq_len, bs, pack, False, truncate, seed, shuffle, tok)
+    fields, fn = record_tokens(tok, 'prompt', prompt=prompt, response=response, template=template, loss_on=loss_on, eos=eos)
+    recs = need(read_records(src, split), *fields)
+    return _loader(recs, _examples(recs, fn, 'prompt/response'), seq_len, bs, pack, False, truncate, seed, shuffle, tok)
 
 # %% ../nbs/06_data.ipynb #5199bf97
 ROLES = ('system', 'developer', 'user', 'assistant', 'tool', 'ipython')     # the roles chat templates know
@@ -509,9 +522,9 @@ def chat_data(src, tok, seq_len:int=2048, bs:int=8,
               loss_on:str='assistant', # 'assistant' (every assistant turn), 'last' (the last one) or 'all'
               pack:bool=False, truncate:bool=True, seed:int=0, shuffle:bool=True, split:str='train') -> Loader:
     "Loader of chat conversations rendered with `tok`'s chat template, loss on assistant turns only by default."
-    recs = need(read_records(src, split), field)
-    exs = _examples(recs, lambda o: chat_tokens(tok, _messages(o, field), loss_on), 'conversation')
-    return _loader(recs, exs, seq_len, bs, pack, False, truncate, seed, shuffle, tok)
+    fields, fn = record_tokens(tok, 'chat', field, loss_on=loss_on)
+    recs = need(read_records(src, split), *fields)
+    return _loader(recs, _examples(recs, fn, 'conversation'), seq_len, bs, pack, False, truncate, seed, shuffle, tok)
 
 # %% ../nbs/06_data.ipynb #aef0859e
 def mix(sources:list, # Loaders (from `text_data`, `prompt_data`, `chat_data`) or `Rows`

@@ -118,7 +118,7 @@ def run_tokenize(o:Tokenize) -> dict:
     m = Path(o.model).expanduser() if o.model else default_model()
     check(m.exists(), f"model: {m}: no such file or directory (tokenize needs a local .gguf or HF directory)")
     tok = Tokenizer.from_gguf(m) if m.suffix == '.gguf' else Tokenizer.from_dir(m)
-    st = tokenize(o.src, tok, o.out, field=o.field, eos=o.eos, workers=o.workers, shard_tokens=o.shard_tokens)
+    st = tokenize(o.src, tok, o.out, field=o.field, records=o.records, loss_on=o.loss_on, eos=o.eos, workers=o.workers, shard_tokens=o.shard_tokens)
     print(st)
     return dict(out=str(st.path), tokens=len(st), docs=st.index['docs'], shards=len(st.toks))
 

@@ -6,7 +6,7 @@ Docs: https://llmlite.github.io/llmlite/store.html.md"""
 
 # %% ../nbs/06_store.ipynb #cc26c064
 from __future__ import annotations
-import gzip, hashlib, io, json, os, sys, time
+import copy, gzip, hashlib, io, json, os, sys, time
 from collections import deque
 from itertools import chain
 from multiprocessing import get_context
@@ -16,7 +16,7 @@ from fastcore.basics import patch
 from tokenizers import Tokenizer as TkTokenizer
 from .core import LLMLiteError, check
 from .formats import atomic_write, read_json, write_json
-from .data import Loader, collate, read_text
+from .data import Loader, collate, read_text, record_tokens
 
 # %% auto #0
 __all__ = ['source_files', 'tokenizer_id', 'tokenize', 'Store', 'StoreRows', 'store_data']
@@ -68,33 +68,40 @@ def _dataset(p:Path, split:str):
 # %% ../nbs/06_store.ipynb #4a2b91d3
 def _size(p:Path) -> int: return sum(f.stat().st_size for f in p.rglob('*') if f.is_file()) if p.is_dir() else p.stat().st_size
 
-def _jobs(files:list, field:str, split:str, batch_bytes:int, start=(0, 0)):
-    "Yield jobs (file index, file, first record number, records, kind, items, corpus fraction done after it) from record `start[1]` of file `start[0]` on."
+def _columns(p:Path, have:list, cols:list):
+    miss = [c for c in cols if c not in have]
+    if miss: raise LLMLiteError(f"{p}: no column {miss[0]!r} (columns: {', '.join(have)})")
+
+def _jobs(files:list, cols:list, split:str, batch_bytes:int, start=(0, 0), text:bool=True):
+    """Yield jobs (file index, file, first record number, records, kind, items, corpus fraction done after it) from record `start[1]` of file `start[0]` on.
+    Items are the documents of column `cols[0]` (`text`; kind 'text'), records holding `cols` (kind 'rows'), or raw JSON lines (kind 'json')."""
     sizes = [_size(p) for p in files]; total = max(sum(sizes), 1)
+    rows = lambda b: b[cols[0]] if text else [dict(zip(cols, v)) for v in zip(*(b[c] for c in cols))]
     for fi in range(start[0], len(files)):
         p, skip, before = files[fi], start[1] if fi == start[0] else 0, sum(sizes[:fi])
         frac = lambda done: (before + done * sizes[fi]) / total
-        sfx = _suffix(p)
+        sfx, kind = _suffix(p), 'text' if text else 'rows'
         if sfx in ('.txt', '.md'):
+            check(text, f"{p}: a text file holds one document, not {'/'.join(cols)} records: list it apart, or tokenize it with records='text'")
             if not skip: yield fi, p, 0, 1, 'text', [read_text(p)], frac(1)
         elif sfx == '.parquet':
             try: import pyarrow.parquet as pq
             except ImportError: raise LLMLiteError(f"{p}: reading Parquet needs pyarrow, which is not installed (pip install pyarrow)") from None
             try: pf = pq.ParquetFile(p)
             except Exception as e: raise LLMLiteError(f"{p}: not a readable Parquet file ({type(e).__name__}: {e})") from None
-            check(field in pf.schema_arrow.names, f"{p}: no column {field!r} (columns: {', '.join(pf.schema_arrow.names)})")
+            _columns(p, pf.schema_arrow.names, cols)
             n, i = pf.metadata.num_rows, 0
-            for b in pf.iter_batches(batch_size=1024, columns=[field]):
+            for b in pf.iter_batches(batch_size=1024, columns=cols):
                 if i + len(b) > skip:
-                    xs = b.column(0).to_pylist()[max(skip - i, 0):]
-                    yield fi, p, max(i, skip), len(xs), 'text', xs, frac((i + len(b)) / n)
+                    xs = rows(b.to_pydict())[max(skip - i, 0):]
+                    yield fi, p, max(i, skip), len(xs), kind, xs, frac((i + len(b)) / n)
                 i += len(b)
         elif sfx == '.arrow' or p.is_dir():
             ds = _dataset(p, split)
-            check(field in ds.column_names, f"{p}: no column {field!r} (columns: {', '.join(ds.column_names)})")
+            _columns(p, ds.column_names, cols)
             for i in range(skip, len(ds), 1024):
-                xs = ds[i:i + 1024][field]
-                yield fi, p, i, len(xs), 'text', xs, frac((i + len(xs)) / len(ds))
+                xs = rows(ds[i:i + 1024])
+                yield fi, p, i, len(xs), kind, xs, frac((i + len(xs)) / len(ds))
         else:
             f, pos = _lines(p)
             with f:
@@ -108,17 +115,19 @@ def _jobs(files:list, field:str, split:str, batch_bytes:int, start=(0, 0)):
 # %% ../nbs/06_store.ipynb #9090d2ab
 _W = {}
 
-def _init_worker(tk_json:str, eos:int|None, parallel:bool):
+def _init_worker(tok, eos:int|None, parallel:bool, records:str='text', field:str='text', loss_on:str|None=None):
+    "A worker's tokenizer (made anew: one used before a fork can hang in the child) and, for records, the function tokenizing one."
     os.environ['TOKENIZERS_PARALLELISM'] = 'true' if parallel else 'false'
-    _W.update(tk=TkTokenizer.from_str(tk_json), eos=eos)
+    t = copy.copy(tok); t.tk = TkTokenizer.from_str(tok.tk.to_str())
+    _W.update(tk=t.tk, eos=eos, fn=None if records == 'text' else record_tokens(t, records, field, loss_on=loss_on, eos=eos is not None)[1])
 
-def _texts(p, first, kind, items, field):
-    "The texts of a job's items: raw JSON lines are parsed here, in the worker."
-    if kind == 'text':
-        bad = next((i for i, x in enumerate(items) if not isinstance(x, str)), None)
-        check(bad is None, f"{p} row {first + (bad or 0)}: field {field!r} must hold text, got {type(items[bad or 0]).__name__}")
-        return items
-    res = []
+def _items(p, first, kind, items, cols, text:bool):
+    "A job's documents (`text`) or records, and where(j) naming item j's file and line or row; raw JSON lines are parsed here, in the worker."
+    if kind != 'json':
+        bad = next((i for i, x in enumerate(items) if not isinstance(x, str)), None) if text else None
+        check(bad is None, f"{p} row {first + (bad or 0)}: field {cols[0]!r} must hold text, got {type(items[bad or 0]).__name__}")
+        return items, lambda j: f"{p} row {first + j}"
+    res, lines = [], []
     for i, raw in enumerate(items):
         where = f"{p} line {first + i + 1}"
         try: line = raw.decode('utf-8')
@@ -127,21 +136,31 @@ def _texts(p, first, kind, items, field):
         try: o = json.loads(line)
         except json.JSONDecodeError as e: raise LLMLiteError(f"{where}: {e.msg} (column {e.colno})") from None
         check(isinstance(o, dict), f"{where}: a JSON {type(o).__name__}, not an object")
-        check(field in o, f"{where}: no field {field!r} (fields: {', '.join(map(str, o)) or 'none'})")
-        check(isinstance(o[field], str), f"{where}: field {field!r} must hold text, got {type(o[field]).__name__}")
-        res.append(o[field])
-    return res
+        miss = [c for c in cols if c not in o]
+        if miss: raise LLMLiteError(f"{where}: no field {miss[0]!r} (fields: {', '.join(map(str, o)) or 'none'})")
+        if text: check(isinstance(o[cols[0]], str), f"{where}: field {cols[0]!r} must hold text, got {type(o[cols[0]]).__name__}")
+        res.append(o[cols[0]] if text else o); lines.append(first + i + 1)
+    return res, lambda j: f"{p} line {lines[j]}"
 
-def _encode(job, field:str) -> tuple:
-    "(token ids uint32, document lengths int64) of a job."
+def _encode(job, cols:list, text:bool=True) -> tuple:
+    "(token ids uint32, document lengths int64, loss mask bool or None for plain text) of a job."
     fi, p, first, n, kind, items, _ = job
-    encs = _W['tk'].encode_batch_fast(_texts(p, first, kind, items, field))
-    e = _W['eos']
-    ids = [x.ids for x in encs]
-    if e is not None: ids = [x if x[-1:] == [e] else x + [e] for x in ids]
+    xs, where = _items(p, first, kind, items, cols, text)
+    mask = None
+    if text:
+        ids, e = [x.ids for x in _W['tk'].encode_batch_fast(xs)], _W['eos']
+        if e is not None: ids = [x if x[-1:] == [e] else x + [e] for x in ids]
+    else:
+        ids, mask = [], []
+        for j, o in enumerate(xs):
+            try: x, m = _W['fn'](o)
+            except LLMLiteError as e: raise LLMLiteError(f"{where(j)}: {e}") from None
+            except (TypeError, KeyError, AttributeError, ValueError) as e: raise LLMLiteError(f"{where(j)}: bad record ({type(e).__name__}: {e})") from None
+            ids.append(x); mask.append(m)
     lens = np.array([len(x) for x in ids], np.int64)
     flat = np.fromiter(chain.from_iterable(ids), np.uint32, int(lens.sum()))
-    return flat, lens[lens > 0]
+    if mask is not None: mask = np.fromiter(chain.from_iterable(mask), bool, len(flat))
+    return flat, lens[lens > 0], mask
 
 # %% ../nbs/06_store.ipynb #8885cbc6
 def tokenizer_id(tok) -> dict:
@@ -150,15 +169,20 @@ def tokenizer_id(tok) -> dict:
 
 # %% ../nbs/06_store.ipynb #f981ffb9
 def _write_shard(d:Path, i:int, parts:list) -> dict:
-    "Write shard `i` of the (ids, lengths) `parts` atomically; its index entry."
+    "Write shard `i` of the (ids, lengths, loss mask or None) `parts` atomically; its index entry."
     name, h = f"shard-{i:05d}", hashlib.sha256()
     def toks(tmp):
         with open(tmp, 'wb') as f:
-            for x, _ in parts: b = x.tobytes(); h.update(b); f.write(b)
+            for x, _, _ in parts: b = x.tobytes(); h.update(b); f.write(b)
     atomic_write(d/f"{name}.tokens", toks)
-    ends = np.cumsum(np.concatenate([n for _, n in parts]))
+    ends = np.cumsum(np.concatenate([n for _, n, _ in parts]))
     atomic_write(d/f"{name}.docs", lambda tmp: ends.tofile(tmp))
-    return dict(name=name, tokens=int(ends[-1]), docs=len(ends), sha256=h.hexdigest())
+    res = dict(name=name, tokens=int(ends[-1]), docs=len(ends), sha256=h.hexdigest())
+    if parts[0][2] is not None:              # one bit per token, 1: trained on
+        bits = np.packbits(np.concatenate([m for _, _, m in parts]))
+        atomic_write(d/f"{name}.mask", lambda tmp: bits.tofile(tmp))
+        res['mask_sha256'] = hashlib.sha256(bits.tobytes()).hexdigest()
+    return res
 
 class _Progress:
     "A one-line progress report on stderr, at most once a second: share of the sources read, tokens, tokens/s, ETA (rates from the first finished job on)."
@@ -177,37 +201,44 @@ class _Progress:
 def tokenize(src, # A file (.jsonl .jsonl.gz .jsonl.zst .parquet .arrow .txt .md), a directory of them, a `datasets` directory, or a list
              tok, # The tokenizer (`llmlite.tokenizer.Tokenizer`)
              out, # The store's directory (created; an unfinished store there is resumed)
-             field:str='text', # The field (column) holding each document
-             eos:bool=True, # End every document with the tokenizer's EOS
+             field:str|None=None, # The field (column) holding each document ('text'), or each conversation (records='chat': 'messages')
+             records:str='text', # 'text' (documents, every token trained), or 'prompt' (fields 'prompt' and 'response') or 'chat', which keep a loss mask
+             loss_on:str|None=None, # 'prompt': 'response' (default) or 'all'; 'chat': 'assistant' (default), 'last' or 'all'
+             eos:bool=True, # End every document (or response) with the tokenizer's EOS
              workers:int=0, # 0: encode in this process, the `tokenizers` library's threads on every core; n > 0: n worker processes, which also parse the JSON
              shard_tokens:int=1 << 25, # Start a new shard after this many tokens
              batch_bytes:int=1 << 20, # Text per job sent to a worker
              split:str='train', # The split of a saved `DatasetDict`
              progress:bool=True): # returns the `Store`
-    "Tokenize `src` once into a token store at `out`: shards of token ids and document ends, and an index naming the tokenizer."
-    files, out = source_files(src), Path(out)
+    "Tokenize `src` once into a token store at `out`: shards of token ids, document ends (and loss masks), and an index naming the tokenizer."
+    files, out, text = source_files(src), Path(out), records == 'text'
+    check(records != 'prompt' or field is None, f"field={field!r}: prompt records are read from their 'prompt' and 'response' fields")
+    check(not text or loss_on is None, f"loss_on={loss_on!r}: plain text trains on every token; loss_on is for records='prompt' or 'chat'")
+    field = field or ('messages' if records == 'chat' else 'text')
+    cols = [field] if text else record_tokens(tok, records, field, loss_on=loss_on)[0]
     eos_id = tok.eos_id if eos else None
     check(not eos or eos_id is not None, f"{tok.name_or_path or 'tokenizer'}: no EOS token to end documents with; pass eos=False")
     dtype = 'uint16' if tok.vocab_size <= 1 << 16 else 'uint32'
-    want = dict(format='llmlite-store', version=1, sources=[str(f) for f in files], field=field, eos=eos_id, dtype=dtype, split=split,
-                shard_tokens=shard_tokens, batch_bytes=batch_bytes, tokenizer=tokenizer_id(tok))
+    want = dict(format='llmlite-store', version=1, sources=[str(f) for f in files], field=field, records=records, loss_on=loss_on, eos=eos_id, dtype=dtype,
+                split=split, shard_tokens=shard_tokens, batch_bytes=batch_bytes, tokenizer=tokenizer_id(tok))
     out.mkdir(parents=True, exist_ok=True)
     idx = read_json(out/'index.json', None) or dict(want, complete=False, tokens=0, docs=0, shards=[], next=[0, 0])
     bad = [k for k, v in want.items() if idx.get(k) != v]
     if bad: raise LLMLiteError(f"{out/'index.json'}: field {bad[0]!r} is {idx.get(bad[0])!r}, but this run has {want.get(bad[0])!r}: "
                                "a store is continued only with the settings that began it (use another directory, or delete this one)")
     if idx['complete']: return Store(out, tok)
-    listed = {f"{s['name']}.{x}" for s in idx['shards'] for x in ('tokens', 'docs')}
+    listed = {f"{s['name']}.{x}" for s in idx['shards'] for x in ('tokens', 'docs', 'mask')}
     for f in out.glob('shard-*'):
         if f.name not in listed: f.unlink()                 # written by a run killed before its index listed it
-    pool = get_context('fork').Pool(workers, _init_worker, (tok.tk.to_str(), eos_id, False)) if workers else None
-    if not pool: _init_worker(tok.tk.to_str(), eos_id, True)
+    init = (tok, eos_id, False, records, field, loss_on)
+    pool = get_context('fork').Pool(workers, _init_worker, init) if workers else None
+    if not pool: _init_worker(tok, eos_id, True, *init[3:])
     show, parts, nbuf, pend = _Progress(progress), [], 0, deque()
     def take():
         nonlocal nbuf
         job, r = pend.popleft()
-        x, n = r.get() if pool else _encode(job, field)
-        if len(n): parts.append((x.astype(dtype), n)); nbuf += len(x)
+        x, n, m = r.get() if pool else _encode(job, cols, text)
+        if len(n): parts.append((x.astype(dtype), n, m)); nbuf += len(x)
         if nbuf >= shard_tokens: flush(job)
         show(job[-1], idx['tokens'] + nbuf)
     def flush(job):
@@ -219,8 +250,8 @@ def tokenize(src, # A file (.jsonl .jsonl.gz .jsonl.zst .parquet .arrow .txt .md
         write_json(out/'index.json', idx); parts, nbuf = [], 0
     try:
         last = None
-        for job in _jobs(files, field, split, batch_bytes, tuple(idx['next'])):
-            pend.append((job, pool.apply_async(_encode, (job, field)) if pool else None)); last = job
+        for job in _jobs(files, cols, split, batch_bytes, tuple(idx['next']), text):
+            pend.append((job, pool.apply_async(_encode, (job, cols, text)) if pool else None)); last = job
             while len(pend) > max(2 * workers, 0): take()
         while pend: take()
         if last is not None: flush(last)
@@ -242,7 +273,9 @@ class Store:
         check(idx.get('complete') is True, f"{ip}: field 'complete' is false: tokenizing stopped before the end; run tokenize again with the same arguments to finish")
         if tok is not None: self.check_tokenizer(tok)
         check(idx.get('dtype') in ('uint16', 'uint32'), f"{ip}: field 'dtype' is {idx.get('dtype')!r}; expected 'uint16' or 'uint32'")
-        self.dtype, self.toks, self.ends = np.dtype(idx['dtype']), [], []
+        check(idx.get('records', 'text') in ('text', 'prompt', 'chat'), f"{ip}: field 'records' is {idx.get('records')!r}; expected 'text', 'prompt' or 'chat'")
+        self.dtype, self.toks, self.ends, self.masks = np.dtype(idx['dtype']), [], [], []
+        self.masked = idx.get('records', 'text') != 'text'
         shards = idx.get('shards')
         check(isinstance(shards, list) and shards, f"{ip}: field 'shards' must be a non-empty list")
         for i, s in enumerate(shards): self._open(i, s)
@@ -258,7 +291,7 @@ def _open(self:Store, i:int, s:dict):
     ip, f = self.path/'index.json', f"shards[{i}]"
     check(isinstance(s, dict) and all(isinstance(s.get(k), int) and s[k] > 0 for k in ('tokens', 'docs')) and isinstance(s.get('name'), str),
           f"{ip}: field {f} must have a name and positive integer 'tokens' and 'docs', got {str(s)[:100]}")
-    for ext, n, dt in (('tokens', s['tokens'], self.dtype), ('docs', s['docs'], np.dtype(np.int64))):
+    for ext, n, dt in (('tokens', s['tokens'], self.dtype), ('docs', s['docs'], np.dtype(np.int64)), *[('mask', -(-s['tokens'] // 8), np.dtype(np.uint8))] * self.masked):
         p = self.path/f"{s['name']}.{ext}"
         check(p.is_file(), f"{p}: missing ({ip} field {f} lists it)")
         size = p.stat().st_size
@@ -266,6 +299,7 @@ def _open(self:Store, i:int, s:dict):
     t, e = np.memmap(self.path/f"{s['name']}.tokens", self.dtype, 'r'), np.memmap(self.path/f"{s['name']}.docs", np.int64, 'r')
     check(e[-1] == len(t) and e[0] > 0 and bool((np.diff(e) > 0).all()), f"{self.path/(s['name'] + '.docs')}: document ends must rise from above 0 to the shard's {len(t):,} tokens")
     self.toks.append(t); self.ends.append(e)
+    if self.masked: self.masks.append(np.memmap(self.path/f"{s['name']}.mask", np.uint8, 'r'))
 
 # %% ../nbs/06_store.ipynb #3c7d88f7
 @patch
@@ -278,14 +312,15 @@ def check_tokenizer(self:Store, tok):
 @patch
 def verify(self:Store):
     "Check every shard's bytes against the SHA-256 the index recorded (reads the whole store)."
-    for s, t in zip(self.index['shards'], self.toks):
+    for i, (s, t) in enumerate(zip(self.index['shards'], self.toks)):
         check(hashlib.sha256(t.tobytes()).hexdigest() == s['sha256'], f"{self.path/(s['name'] + '.tokens')}: contents differ from the sha256 in index.json")
+        if self.masked: check(hashlib.sha256(self.masks[i].tobytes()).hexdigest() == s.get('mask_sha256'), f"{self.path/(s['name'] + '.mask')}: contents differ from the mask_sha256 in index.json")
     return self
 
 @patch
 def __len__(self:Store): return int(self.off[-1])
 @patch
-def __repr__(self:Store): return f"Store({self.path}: {len(self):,} tokens, {self.index['docs']:,} documents, {len(self.toks)} shards, {self.dtype})"
+def __repr__(self:Store): return f"Store({self.path}: {len(self):,} tokens, {self.index['docs']:,} documents, {len(self.toks)} shards, {self.dtype}{', loss masks' * self.masked})"
 
 # %% ../nbs/06_store.ipynb #6fc27a27
 @patch
@@ -293,6 +328,16 @@ def tokens(self:Store, a:int, b:int) -> np.ndarray:
     "Tokens `a:b` of the corpus, as int64."
     k0, k1 = np.searchsorted(self.off, a, 'right') - 1, np.searchsorted(self.off, b, 'left')
     return np.concatenate([self.toks[k][max(a - self.off[k], 0):b - self.off[k]] for k in range(k0, k1)]).astype(np.int64)
+
+@patch
+def mask(self:Store, a:int, b:int) -> np.ndarray:
+    "Loss mask of tokens `a:b` (True: trained on): every token of plain text, the stored bits of records."
+    if not self.masked: return np.ones(b - a, bool)
+    res = []
+    for k in range(np.searchsorted(self.off, a, 'right') - 1, np.searchsorted(self.off, b, 'left')):
+        lo, hi = max(a - int(self.off[k]), 0), min(b, int(self.off[k + 1])) - int(self.off[k])
+        res.append(np.unpackbits(self.masks[k][lo // 8:-(-hi // 8)])[lo % 8:lo % 8 + hi - lo])
+    return np.concatenate(res).astype(bool)
 
 @patch
 def starts(self:Store, a:int, b:int) -> np.ndarray:
@@ -323,7 +368,7 @@ class StoreRows:
         s = self.store.starts(a, b)
         seg = np.searchsorted(s, np.arange(a, b), 'right')
         first = np.concatenate([[a], s])
-        lab = np.ones(b - a, bool); lab[first - a] = False
+        lab = self.store.mask(a, b); lab[first - a] = False
         return self.store.tokens(a, b), lab, seg.astype(np.int32), (np.arange(a, b) - first[seg]).astype(np.int32)
     def collate(self, rows:list, pad_id:int=0) -> dict: return collate(rows, pad_id)
     def __repr__(self): return f"StoreRows({self.src}: {len(self)} rows of {self.seq_len} tokens)"
