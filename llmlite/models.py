@@ -16,8 +16,8 @@ from .packed import PackedTensor, join_rows, packed_mm
 from .cache import CacheConfig, Cache, layer_budgets
 
 # %% auto #0
-__all__ = ['acts', 'configs', 'Config', 'make_norm', 'Attention', 'MLP', 'Block', 'make_block', 'Decoder', 'chunked_ce',
-           'join_packed', 'decode_step', 'blocks', 'checkpoint_blocks', 'check_loaded']
+__all__ = ['acts', 'configs', 'Config', 'make_norm', 'embedding', 'Attention', 'MLP', 'Block', 'make_block', 'Decoder',
+           'chunked_ce', 'join_packed', 'decode_step', 'blocks', 'checkpoint_blocks', 'check_loaded']
 
 # %% ../nbs/07_models.ipynb #9d42abfe
 acts = {'silu': F.silu, 'relu': F.relu, 'gelu': F.gelu, 'gelu_tanh': lambda x: F.gelu(x, approximate='tanh')}
@@ -136,6 +136,12 @@ def make_norm(cfg:Config, dim:int|None=None) -> nn.Module:
     dim = dim or cfg.dim
     return RMSNorm(dim, cfg.norm_eps) if cfg.norm == 'rms' else nn.LayerNorm(dim, cfg.norm_eps, bias=cfg.norm_bias)
 
+def embedding(n:int, dim:int) -> nn.Embedding:
+    "`nn.Embedding(n, dim)`, its N(0, 1) init skipped on the meta device (where torch's `normal_` imports torch._dynamo: seconds of every load)."
+    e = nn.Embedding(n, dim, _weight=torch.empty(n, dim))
+    if not e.weight.is_meta: nn.init.normal_(e.weight)
+    return e
+
 def _joined(m:nn.Module, names:tuple):
     "(weight, bias, widths) of linears `names` of `m` as `join_packed` joined them, while they still hold those weights; else None."
     j = m.joined.get(names)
@@ -244,7 +250,7 @@ class Decoder(nn.Module):
         super().__init__()
         check(cfg.pos in ('rope', 'alibi') and cfg.pre_norm, f"Decoder: pos {cfg.pos!r} / pre_norm {cfg.pre_norm} not supported (rope or alibi, pre-norm)")
         self.cfg = cfg
-        self.emb = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.emb = embedding(cfg.vocab_size, cfg.dim)
         self.blocks = nn.ModuleList(make_block(cfg) for _ in range(cfg.n_layers))
         self.norm = make_norm(cfg)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
