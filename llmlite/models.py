@@ -379,12 +379,11 @@ def decode_step(model:nn.Module, t:torch.Tensor, cache:KVCache) -> torch.Tensor:
     H, Hk, D = c.n_heads, c.n_kv_heads, c.head_dim
     check(pos < c.max_seq_len, f"{pos + 1} tokens exceed the model's context of {c.max_seq_len} (config field max_seq_len)")
     cache.valid[:, pos] = True
-    valid = cache.valid[:, :pos + 1]
+    valid, x = cache.valid[:, :pos + 1], model.emb(t)
     padded = not bool(valid.all())                         # left padding: each row's position is its count of real tokens, and pads are masked
     p = valid.sum(-1, keepdim=True) - 1 if padded else torch.full((1, 1), pos, device=t.device)
     rope = rope_cos_sin(rope_freqs(D, c.rope_base, c.rope_scaling, t.device), p, model.emb.weight.dtype)
-    mask = valid[:, None, None] if padded else None
-    x = model.emb(t)
+    mask = torch.zeros(valid.shape, dtype=x.dtype, device=t.device).masked_fill_(~valid, float('-inf'))[:, None, None] if padded else None   # as SDPA turns a boolean one, once per step
     for i, (n1, (wqkv, bqkv, _), wo, n2, (wgu, bgu, (G, _)), down, act, scale) in enumerate(bs):
         y = packed_mm(n1(x).to(torch.bfloat16), wqkv)
         if bqkv is not None: y = y + bqkv
