@@ -39,7 +39,9 @@ class RMSNorm(nn.Module):
     def __init__(self, dim:int, eps:float=1e-6):
         super().__init__()
         self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
-    def forward(self, x): return _RMSNorm.apply(x, self.weight, self.eps)
+    def forward(self, x):
+        if torch.is_grad_enabled() or x.dtype != self.weight.dtype: return _RMSNorm.apply(x, self.weight, self.eps)
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)     # inference: torch's one op, no autograd node
 
 # %% ../nbs/04_attention.ipynb #c8b55eb8
 def rope_freqs(head_dim:int, base:float=10000., scaling:dict|None=None, device=None):
@@ -70,12 +72,14 @@ def _rotate(x):
     x1, x2 = x.chunk(2, -1)
     return torch.cat([-x2, x1], -1)
 
+def _turn(x, cos, sin): return _rotate(x).mul_(sin).addcmul_(x, cos)
+
 class _Rope(torch.autograd.Function):
     "`x·cos + rotate(x)·sin`, a linear map: backward needs only the tables."
     @staticmethod
     def forward(ctx, x, cos, sin):
         ctx.save_for_backward(cos, sin)
-        return _rotate(x).mul_(sin).addcmul_(x, cos)
+        return _turn(x, cos, sin)
     @staticmethod
     def backward(ctx, g):
         cos, sin = ctx.saved_tensors
@@ -83,7 +87,7 @@ class _Rope(torch.autograd.Function):
 
 def apply_rope(x, cos, sin):
     "Rotate `x` (B, H, T, D) by the angles in `cos`/`sin` (B or 1, T, D)."
-    return _Rope.apply(x, cos[:, None], sin[:, None])
+    return _Rope.apply(x, cos[:, None], sin[:, None]) if torch.is_grad_enabled() else _turn(x, cos[:, None], sin[:, None])
 
 # %% ../nbs/04_attention.ipynb #782df57c
 def attn_mask(q_idx, k_len:int, valid=None, window:int|None=None, causal:bool=True, docs=None):

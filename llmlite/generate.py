@@ -16,6 +16,7 @@ from .core import LLMLiteError, check
 from .formats import atomic_write, SafetensorsFile
 from .cache import CacheConfig
 from .adapters import adapter_rows
+from .models import decode_step
 from .seq2seq import EncoderDecoder
 
 # %% auto #0
@@ -106,8 +107,8 @@ def generate_ids(model, ids:list, max_new_tokens:int=256, temperature:float=0., 
         max_new_tokens = min(max_new_tokens, ctx - P - L)
     rows = None if adapter is None else [adapter] * B if isinstance(adapter, str) else list(adapter)
     check(rows is None or len(rows) == B, f"adapter: {len(rows or ())} adapter names for {B} prompts")
-    def fwd(*a, **kw):
-        with nullcontext() if rows is None else adapter_rows(model, rows): return model(*a, **kw)
+    def fwd(f, *a, **kw):
+        with nullcontext() if rows is None else adapter_rows(model, rows): return f(*a, **kw)
     if prefix is not None and cache is None: cache = prefix.cache
     check(prefix is None or prefix.cache == cache, f"the prefix cache was made with cache settings {prefix and prefix.cache}, not {cache}: make it with the same CacheConfig")
     kv = model.new_cache(B, P + L + max_new_tokens, config=cache)
@@ -119,14 +120,14 @@ def generate_ids(model, ids:list, max_new_tokens:int=256, temperature:float=0., 
     g = torch.Generator(dev).manual_seed(seed) if seed is not None else None
     stop = torch.tensor(sorted(set(stop_ids)) or [-1], device=dev)
     done = torch.zeros(B, dtype=torch.bool, device=dev)
-    logits = fwd(x, cache=kv, valid=valid, last=True)
+    logits = fwd(model, x, cache=kv, valid=valid, last=True)[:, -1]
     for _ in range(max_new_tokens):
-        t = sample(logits[:, -1], temperature, top_k, top_p, g)
+        t = sample(logits, temperature, top_k, top_p, g)
         t = torch.where(done, pad_id, t)
         yield t
         done |= torch.isin(t, stop)
         if bool(done.all()): return
-        logits = fwd(t[:, None], cache=kv, last=True)
+        logits = fwd(decode_step, model, t, kv)      # packed, joined weights: the written-out step; otherwise the forward
 
 # %% ../nbs/13_generate.ipynb #3b7be911
 def _is_batch(prompt):

@@ -16,7 +16,7 @@ from .dist import world
 from .formats import atomic_write_all, GGUFFile
 from .quant import QLinear, quantize_linear, qtensor_from_state, is_skipped, quant_spec
 from .tokenizer import Tokenizer
-from .models import Decoder, check_loaded
+from .models import Decoder, check_loaded, join_packed
 from .hf import (KeyMap, hf_keymap, open_hf_dir, build_model, hf_class, resolve, derived, task_heads, fuse, split_fused, config_to_hf, quant_config,
                         gguf_config, gguf_names, gguf_items, check_layers, check_shapes)
 from .fsdp import shard as fsdp_shard, load_into_shards
@@ -119,6 +119,7 @@ def load_gguf(path, dtype=None, device=None, quant:dict|None=None,
     with torch.device('meta'): model = Decoder(cfg)
     check_shapes(model, ((path, t, km.inv(t), shape) for t, (shape, _, _) in g.tensors.items()))
     stream_into(model, gguf_items(g, cfg, packed, dtype or torch.float32), dtype, device, quant)
+    if packed: join_packed(model)      # q/k/v and gate/up as one packed matrix each: four kernel calls per block when decoding
     tok = Tokenizer.from_gguf(g) if 'tokenizer.ggml.tokens' in g.meta else None
     trim_heap()   # the temporaries of unpacking: 200 MB after packing SmolLM2-135M
     return check_loaded(model, str(path)), tok

@@ -12,11 +12,12 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from fastcore.basics import patch
 from .core import LLMLiteError, check
 from .attention import RMSNorm, rope_freqs, rope_cos_sin, apply_rope, alibi_slopes, attn_mask, attend, KVCache
+from .packed import PackedTensor, join_rows, packed_mm
 from .cache import CacheConfig, Cache, layer_budgets
 
 # %% auto #0
-__all__ = ['acts', 'configs', 'Config', 'make_norm', 'Attention', 'MLP', 'Block', 'make_block', 'Decoder', 'chunked_ce', 'blocks',
-           'checkpoint_blocks', 'check_loaded']
+__all__ = ['acts', 'configs', 'Config', 'make_norm', 'embedding', 'Attention', 'MLP', 'Block', 'make_block', 'Decoder',
+           'chunked_ce', 'join_packed', 'decode_step', 'blocks', 'checkpoint_blocks', 'check_loaded']
 
 # %% ../nbs/07_models.ipynb #9d42abfe
 acts = {'silu': F.silu, 'relu': F.relu, 'gelu': F.gelu, 'gelu_tanh': lambda x: F.gelu(x, approximate='tanh')}
@@ -135,6 +136,18 @@ def make_norm(cfg:Config, dim:int|None=None) -> nn.Module:
     dim = dim or cfg.dim
     return RMSNorm(dim, cfg.norm_eps) if cfg.norm == 'rms' else nn.LayerNorm(dim, cfg.norm_eps, bias=cfg.norm_bias)
 
+def embedding(n:int, dim:int) -> nn.Embedding:
+    "`nn.Embedding(n, dim)`, its N(0, 1) init skipped on the meta device (where torch's `normal_` imports torch._dynamo: seconds of every load)."
+    e = nn.Embedding(n, dim, _weight=torch.empty(n, dim))
+    if not e.weight.is_meta: nn.init.normal_(e.weight)
+    return e
+
+def _joined(m:nn.Module, names:tuple):
+    "(weight, bias, widths) of linears `names` of `m` as `join_packed` joined them, while they still hold those weights; else None."
+    j = m.joined.get(names)
+    if j is None or not all(type(l := getattr(m, n)) is nn.Linear and l.weight is w and l.bias is b for n, (w, b) in zip(names, j[3])): return None
+    return j[:3]
+
 class Attention(nn.Module):
     "Multi-head attention with grouped-query keys/values, optional rotary embeddings or ALiBi, QK norms and KV cache."
     def __init__(self, dim:int, n_heads:int, n_kv_heads:int, head_dim:int, bias:bool=False, out_bias:bool=False,
@@ -142,29 +155,33 @@ class Attention(nn.Module):
                  clip:float|None=None, # clamp q, k and v to +-clip
                  scale:float|None=None): # score scale (None: 1/sqrt(head_dim))
         super().__init__()
-        self.n_heads, self.n_kv_heads, self.head_dim, self.clip, self.scale = n_heads, n_kv_heads, head_dim, clip, scale
+        self.n_heads, self.n_kv_heads, self.head_dim, self.clip, self.scale, self.joined = n_heads, n_kv_heads, head_dim, clip, scale, {}
         self.wq = nn.Linear(dim, n_heads * head_dim, bias=bias)
         self.wk = nn.Linear(dim, n_kv_heads * head_dim, bias=bias)
         self.wv = nn.Linear(dim, n_kv_heads * head_dim, bias=bias)
         self.wo = nn.Linear(n_heads * head_dim, dim, bias=out_bias)
         if qk_norm is not None: self.q_norm, self.k_norm = qk_norm(n_heads * head_dim), qk_norm(n_kv_heads * head_dim)
 
+    def proj(self, x, names:tuple):
+        "The projections of `x` by linears `names` (one matmul where `join_packed` joined them), clamped to +-clip, with the QK norms."
+        j = _joined(self, names)
+        ys = F.linear(x, j[0], j[1]).split(j[2], -1) if j else [getattr(self, n)(x) for n in names]
+        if self.clip: ys = [y.clamp(-self.clip, self.clip) for y in ys]
+        return [getattr(self, f'{n[1]}_norm')(y) if n in ('wq', 'wk') and hasattr(self, 'q_norm') else y for n, y in zip(names, ys)]
+
+    def heads(self, y, n:int):
+        "(B, T, n·D) -> (B, n, T, D)."
+        return y.view(*y.shape[:2], n, self.head_dim).transpose(1, 2)
+
     def kv(self, x):
         "Keys and values (B, H_kv, T, D) of `x`."
-        B, T, _ = x.shape
-        k, v = self.wk(x), self.wv(x)
-        if self.clip: k, v = k.clamp(-self.clip, self.clip), v.clamp(-self.clip, self.clip)
-        if hasattr(self, 'k_norm'): k = self.k_norm(k)
-        return k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2), v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        return tuple(self.heads(y, self.n_kv_heads) for y in self.proj(x, ('wk', 'wv')))
 
     def forward(self, x, rope=None, mask='causal', window=None, cache=None, layer:int=0, alibi=None, bias=None,
                 ctx=None): # cross-attention: the encoder states (B, S, dim), or their keys and values from `kv`
         B, T, _ = x.shape
-        q = self.wq(x)
-        if self.clip: q = q.clamp(-self.clip, self.clip)
-        if hasattr(self, 'q_norm'): q = self.q_norm(q)
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k, v = ctx if isinstance(ctx, tuple) else self.kv(x if ctx is None else ctx)
+        if ctx is None: q, k, v = (self.heads(y, n) for y, n in zip(self.proj(x, ('wq', 'wk', 'wv')), (self.n_heads, self.n_kv_heads, self.n_kv_heads)))
+        else: q, (k, v) = self.heads(self.proj(x, ('wq',))[0], self.n_heads), ctx if isinstance(ctx, tuple) else self.kv(ctx)
         if rope is not None: q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None and ctx is None: o = cache.attend(layer, q, k, v, mask, window, self.scale, alibi=alibi, bias=bias)
         else: o = attend(q, k, v, mask, window, self.scale, alibi=alibi, bias=bias)
@@ -192,12 +209,14 @@ class MLP(nn.Module):
     "Gated MLP `down(act(gate(x)) * up(x))` (SwiGLU with `act=F.silu`), or plain `down(act(up(x)))` with `gated=False`."
     def __init__(self, dim:int, hidden:int, act=F.silu, bias:bool=False, gated:bool=True):
         super().__init__()
-        self.act = act
+        self.act, self.joined = act, {}
         if gated: self.gate = nn.Linear(dim, hidden, bias=bias)
         self.up, self.down = nn.Linear(dim, hidden, bias=bias), nn.Linear(hidden, dim, bias=bias)
     def forward(self, x):
-        h = self.up(x)
-        return self.down(_Gated.apply(self.gate(x), h, self.act) if hasattr(self, 'gate') else self.act(h))
+        if not hasattr(self, 'gate'): return self.down(self.act(self.up(x)))
+        j = _joined(self, ('gate', 'up'))
+        g, h = F.linear(x, j[0], j[1]).split(j[2], -1) if j else (self.gate(x), self.up(x))
+        return self.down(_Gated.apply(g, h, self.act) if torch.is_grad_enabled() else self.act(g).mul_(h))
 
 
 # %% ../nbs/07_models.ipynb #89fbae89
@@ -231,7 +250,7 @@ class Decoder(nn.Module):
         super().__init__()
         check(cfg.pos in ('rope', 'alibi') and cfg.pre_norm, f"Decoder: pos {cfg.pos!r} / pre_norm {cfg.pre_norm} not supported (rope or alibi, pre-norm)")
         self.cfg = cfg
-        self.emb = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.emb = embedding(cfg.vocab_size, cfg.dim)
         self.blocks = nn.ModuleList(make_block(cfg) for _ in range(cfg.n_layers))
         self.norm = make_norm(cfg)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
@@ -322,6 +341,61 @@ def new_cache(self:Decoder, bs:int, max_len:int, device=None, dtype=None,
     if config is None: return KVCache(c.n_layers, bs, c.n_kv_heads, c.head_dim, max_len, dev, dt)
     return Cache(config, layer_budgets(config, c.n_layers, max_len, c.max_seq_len), bs, c.n_kv_heads, c.head_dim, max_len, dev, dt)
 
+
+# %% ../nbs/07_models.ipynb #04f6ef23
+def join_packed(model:nn.Module) -> nn.Module:
+    "Join each attention's packed q, k, v weights and each gated MLP's packed gate and up weights into one packed matrix (one kernel call each)."
+    for m in model.modules():
+        for names in {Attention: [('wq', 'wk', 'wv')], MLP: [('gate', 'up')] if hasattr(m, 'gate') else []}.get(type(m), []):
+            ls = [getattr(m, n) for n in names]
+            if not all(type(l) is nn.Linear and isinstance(l.weight, PackedTensor) for l in ls): continue
+            if len({(l.weight.fmt, len(l.weight.terms), l.weight.dtype, l.bias is None) for l in ls}) > 1: continue
+            w, views = join_rows([l.weight for l in ls])
+            for l, v in zip(ls, views): l.weight = nn.Parameter(v, requires_grad=False)
+            b = None if ls[0].bias is None else torch.cat([l.bias for l in ls])
+            m.joined[names] = (w, b, [l.out_features for l in ls], [(l.weight, l.bias) for l in ls])
+    return model
+
+# %% ../nbs/07_models.ipynb #d8bfc368
+def _step_blocks(m, cache) -> list|None:
+    "Each block's (attention norm, joined q/k/v, wo, MLP norm, joined gate/up, down, activation, score scale) when `decode_step` can run it, else None."
+    c = getattr(m, 'cfg', None)
+    if not isinstance(m, Decoder) or type(cache) is not KVCache or c.pos != 'rope' or c.window is not None or c.clip_qkv or c.qk_norm: return None
+    out = []
+    for b in m.blocks:
+        a, f = b.attn, b.mlp
+        qkv, gu = _joined(a, ('wq', 'wk', 'wv')), _joined(f, ('gate', 'up'))
+        if (qkv is None or gu is None or type(b) is not Block or hasattr(b, 'cross') or type(b.attn_norm) is not RMSNorm or type(b.mlp_norm) is not RMSNorm
+            or not all(type(l) is nn.Linear and isinstance(l.weight, PackedTensor) and l.bias is None for l in (a.wo, f.down))): return None
+        out.append((b.attn_norm, qkv, a.wo.weight, b.mlp_norm, gu, f.down.weight, f.act, a.scale))
+    return out
+
+@torch.no_grad()
+def decode_step(model:nn.Module, t:torch.Tensor, cache:KVCache) -> torch.Tensor:
+    "Logits (B, vocab) of one more token per row (`t`, (B,)) after `cache`: `model(t[:, None], cache=cache)[:, -1]`, in few ops for packed, joined blocks."
+    bs = _step_blocks(model, cache)
+    if bs is None: return model(t[:, None], cache=cache, last=True)[:, -1]
+    c, B, pos = model.cfg, t.shape[0], cache.pos
+    H, Hk, D = c.n_heads, c.n_kv_heads, c.head_dim
+    check(pos < c.max_seq_len, f"{pos + 1} tokens exceed the model's context of {c.max_seq_len} (config field max_seq_len)")
+    cache.valid[:, pos] = True
+    valid, x = cache.valid[:, :pos + 1], model.emb(t)
+    padded = not bool(valid.all())                         # left padding: each row's position is its count of real tokens, and pads are masked
+    p = valid.sum(-1, keepdim=True) - 1 if padded else torch.full((1, 1), pos, device=t.device)
+    rope = rope_cos_sin(rope_freqs(D, c.rope_base, c.rope_scaling, t.device), p, model.emb.weight.dtype)
+    mask = torch.zeros(valid.shape, dtype=x.dtype, device=t.device).masked_fill_(~valid, float('-inf'))[:, None, None] if padded else None   # as SDPA turns a boolean one, once per step
+    for i, (n1, (wqkv, bqkv, _), wo, n2, (wgu, bgu, (G, _)), down, act, scale) in enumerate(bs):
+        y = packed_mm(n1(x).to(torch.bfloat16), wqkv)
+        if bqkv is not None: y = y + bqkv
+        y = y.view(B, H + 2 * Hk, 1, D)
+        qk = apply_rope(y[:, :H + Hk], *rope)              # q and k heads turned together
+        o = attend(qk[:, :H], *cache.update(i, qk[:, H:], y[:, H + Hk:]), mask, scale=scale)
+        x = x + packed_mm(o.view(B, -1).to(torch.bfloat16), wo)
+        y = packed_mm(n2(x).to(torch.bfloat16), wgu)
+        if bgu is not None: y = y + bgu
+        x = x + packed_mm(act(y[:, :G]).mul_(y[:, G:]).to(torch.bfloat16), down)
+    cache.pos += 1
+    return model.head(model.norm(x))
 
 # %% ../nbs/07_models.ipynb #1b742503
 def blocks(model:nn.Module) -> list:

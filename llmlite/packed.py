@@ -13,7 +13,8 @@ from .core import check
 from .formats import GGUFFile
 
 # %% auto #0
-__all__ = ['PACKED_ROWS', 'PACKABLE', 'pack_int4', 'unpack_int4', 'PackedTensor', 'packed_linear', 'from_blocks', 'packed_gguf']
+__all__ = ['PACKED_ROWS', 'PACKABLE', 'pack_int4', 'unpack_int4', 'PackedTensor', 'packed_mm', 'packed_linear', 'join_rows',
+           'from_blocks', 'packed_gguf']
 
 # %% ../nbs/03_packed.ipynb #90247448
 _mm, _pack = torch.ops.aten._weight_int4pack_mm_for_cpu, torch.ops.aten._convert_weight_to_int4pack_for_cpu
@@ -62,12 +63,18 @@ class PackedTensor(torch.Tensor):
         return sum(unpack_int4(p, sz, rows, dtype or self.dtype) for p, sz in self.terms)
 
 # %% ../nbs/03_packed.ipynb #3c60de53
+def packed_mm(x:torch.Tensor, # bf16 rows (M, K)
+              w:PackedTensor, dtype=torch.float32):
+    "`x @ w.T` by the int4 kernel, its terms summed in `dtype`."
+    (p, sz), *rest = w.terms
+    y = _mm(x, p, p.shape[1] * 2 // sz.shape[0], sz.contiguous()).to(dtype)     # a row view's scales are strided: the kernel needs them dense
+    for p, sz in rest: y += _mm(x, p, p.shape[1] * 2 // sz.shape[0], sz.contiguous())
+    return y
+
 def packed_linear(x, w:PackedTensor, b=None):
     "`F.linear(x, w, b)` for a packed `w`: the int4 kernel on bf16 activations for a few rows, a dense matmul of the unpacked weight for many."
     if x.numel() > PACKED_ROWS * x.shape[-1]: y = F.linear(x, w.dequantize(x.dtype))
-    else:
-        x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-        y = sum(_mm(x2, p, p.shape[1] * 2 // sz.shape[0], sz).to(x.dtype) for p, sz in w.terms).view(*x.shape[:-1], w.shape[0])
+    else: y = packed_mm(x.reshape(-1, x.shape[-1]).to(torch.bfloat16), w, x.dtype).view(*x.shape[:-1], w.shape[0])
     return y if b is None else y + b
 
 _aten = torch.ops.aten
@@ -89,6 +96,22 @@ def __torch_dispatch__(cls:PackedTensor, func, types, args=(), kwargs=None):
         check(kw.get('device') in (None, w.device), f"a packed weight stays on the CPU (torch's int4 CPU kernel): load with packed=False for {kw.get('device')}")
         return w._new(kw.get('dtype') or w.dtype)
     raise NotImplementedError(f"PackedTensor does not support {func}: call `.dequantize()` first (or load with packed=False)")
+
+# %% ../nbs/03_packed.ipynb #b64591d4
+@patch
+def row_views(self:PackedTensor, sizes:list) -> list:
+    "This matrix cut into consecutive row blocks of `sizes` rows (multiples of 32), each a `PackedTensor` viewing these terms."
+    check(sum(sizes) == self.shape[0] and all(n % 32 == 0 for n in sizes), f"row blocks {sizes} must be multiples of 32 rows adding up to {self.shape[0]}")
+    ends = [sum(sizes[:i + 1]) for i in range(len(sizes))]
+    return [PackedTensor([(p[a:b], sz[:, a:b]) for p, sz in self.terms], self.fmt, (b - a, self.shape[1]), self.dtype) for a, b in zip([0] + ends, ends)]
+
+def join_rows(ws:list) -> tuple:
+    "(one `PackedTensor` of the rows of packed `ws` in turn, `ws` again as views of its rows): the weights are held once."
+    w0 = ws[0]
+    check(all((w.fmt, w.shape[1], len(w.terms), w.dtype) == (w0.fmt, w0.shape[1], len(w0.terms), w0.dtype) for w in ws), f"join_rows: {ws} differ in format, width, terms or dtype")
+    terms = [(torch.cat([w.terms[j][0] for w in ws]), torch.cat([w.terms[j][1] for w in ws], 1)) for j in range(len(w0.terms))]
+    j = PackedTensor(terms, w0.fmt, (sum(w.shape[0] for w in ws), w0.shape[1]), w0.dtype)
+    return j, j.row_views([w.shape[0] for w in ws])
 
 # %% ../nbs/03_packed.ipynb #76abaf14
 _Q = gguf.GGMLQuantizationType

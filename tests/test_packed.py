@@ -2,6 +2,7 @@
 import pytest, torch
 from llmlite.loading import load
 from llmlite.generate import generate_ids
+from llmlite.models import decode_step
 from llmlite.packed import PackedTensor
 from llmlite.core import LLMLiteError
 
@@ -34,3 +35,19 @@ def test_greedy_decode_follows_dense(packed, smol):
 
 def test_packed_needs_a_cpu_gguf(smol_path):
     with pytest.raises(LLMLiteError, match='packed'): load(smol_path, packed=True, quant='nf4')
+
+def test_decode_step_is_the_forward(packed):
+    m, tok = packed
+    assert ('wq', 'wk', 'wv') in m.blocks[0].attn.joined and ('gate', 'up') in m.blocks[-1].mlp.joined   # q/k/v and gate/up joined at load
+    rows = [tok.encode("Write one sentence about the sea."), tok.encode("1, 2, 3, 4,")]
+    L = max(map(len, rows))
+    x = torch.tensor([[0] * (L - len(r)) + r for r in rows])
+    valid = torch.tensor([[False] * (L - len(r)) + [True] * len(r) for r in rows])
+    outs = []
+    for step in (decode_step, lambda m, t, c: m(t[:, None], cache=c, last=True)[:, -1]):
+        c = m.new_cache(2, L + 4)
+        with torch.no_grad():
+            lg = [m(x, cache=c, valid=valid, last=True)[:, -1]]
+            for _ in range(4): lg.append(step(m, lg[-1].argmax(-1), c))
+        outs.append(torch.stack(lg))
+    assert torch.equal(*outs)                           # the written-out step gives the forward's logits, left-padded row included
