@@ -1,4 +1,4 @@
-"""In-context-learning evaluation built exactly as LLM Foundry builds its tasks (multiple choice, schema, language modeling, generation with answers; its `icl_tasks` YAML read unchanged), with lm-eval's metrics beside Foundry's, shared contexts scored once from a KV cache, and Foundry's gauntlet; plus perplexity, accuracy of classifiers and exact match of encoder-decoders.
+"""In-context-learning evaluation built exactly as LLM Foundry builds its tasks (multiple choice, schema, language modeling, generation with answers; its `icl_tasks` YAML read unchanged), with lm-eval's metrics beside Foundry's, shared contexts scored once with their choices packed after them, and Foundry's gauntlet; plus perplexity, accuracy of classifiers and exact match of encoder-decoders.
 
 Docs: https://llmlite.github.io/llmlite/eval.html.md"""
 
