@@ -4,7 +4,7 @@ Foundry's own task files (the first 210 examples of arc_easy, piqa, winogrande, 
 scripts/eval/local_data, in bench/data/icl) with Foundry's task settings, 0- and 5-shot, on SmolLM2-135M-Instruct.
 llmlite builds each example's prompt by Foundry's rules and tokenizes it (tests/test_eval_parity.py checks those
 prompts against Foundry's construction); both sides then score the very same token ids: llmlite with `score` (the
-shared context run once, its KV cache reused by every choice), lm-eval with HFLM's `_loglikelihood_tokens` on the
+shared context run once, every choice packed after it in the same row), lm-eval with HFLM's `_loglikelihood_tokens` on the
 transformers model of the same GGUF file. Printed per task: per-example agreement of the chosen answer under each
 normalisation (sum, per character, per token; greedy match for LAMBADA), the largest log-likelihood difference,
 accuracies, and the time of each side, run alternately (which side goes first alternates), with the load average.

@@ -110,10 +110,11 @@ def alibi_slopes(n_heads:int, max_bias:float=8., device=None):
     return s if n == n_heads else torch.cat([s[1::2], s[::2]])[:n_heads]
 
 # %% ../nbs/04_attention.ipynb #51f2aa70
-def alibi_bias(slopes, q_idx, k_len:int):
-    "Float bias (1, H, Tq, Tk) `-slope * |q - k|` for query slots `q_idx` (Tq,) over key slots 0..k_len-1."
-    d = (q_idx[:, None] - torch.arange(k_len, device=q_idx.device)[None]).abs().float()
-    return -slopes[None, :, None, None] * d
+def alibi_bias(slopes, q_idx, k_len:int,
+               pos=None): # the positions (B, Tk) of the key slots, where they are not the slots (rows packing continuations after a shared context)
+    "Float bias (1 or B, H, Tq, Tk) `-slope * |q - k|` for query slots `q_idx` (Tq,) over key slots 0..k_len-1: the distance between slots, or between their `pos`."
+    d = q_idx[:, None] - torch.arange(k_len, device=q_idx.device) if pos is None else pos[:, q_idx, None] - pos[:, None, :k_len]
+    return -slopes[:, None, None] * d.abs().float().view(-1, 1, len(q_idx), k_len)
 
 # %% ../nbs/04_attention.ipynb #3257538b
 def rel_buckets(rel, bidirectional:bool=True, n_buckets:int=32, max_distance:int=128):

@@ -1,4 +1,4 @@
-"""In-context-learning evaluation built exactly as LLM Foundry builds its tasks (multiple choice, schema, language modeling, generation with answers; its `icl_tasks` YAML read unchanged), with lm-eval's metrics beside Foundry's, shared contexts scored once from a KV cache, and Foundry's gauntlet; plus perplexity, accuracy of classifiers and exact match of encoder-decoders.
+"""In-context-learning evaluation built exactly as LLM Foundry builds its tasks (multiple choice, schema, language modeling, generation with answers; its `icl_tasks` YAML read unchanged), with lm-eval's metrics beside Foundry's, shared contexts scored once with their choices packed after them, and Foundry's gauntlet; plus perplexity, accuracy of classifiers and exact match of encoder-decoders.
 
 Docs: https://llmlite.github.io/llmlite/eval.html.md"""
 
@@ -28,54 +28,61 @@ def _lcp(seqs:list) -> int:
     return n
 
 # %% ../nbs/18_eval.ipynb #2b709698
-def _score_batch(model, groups, ps, P, R, dev):
-    "Score `groups` of (ids, k) pairs whose first `ps[g]` tokens are shared: prefixes left-padded to `P` in one forward, then every pair's rest (right-padded to `R`) on a copy of its group's KV cache, with logits only where they are scored."
-    G = len(groups)
-    x, valid = torch.zeros(G, P, dtype=torch.long), torch.zeros(G, P, dtype=torch.bool)
-    for r, (g, p) in enumerate(zip(groups, ps)): x[r, P - p:] = torch.tensor(g[0][0][:p]); valid[r, P - p:] = True
-    cache = model.new_cache(G, P + R)
-    last = model(x.to(dev), cache=cache, valid=valid.to(dev), last=True)[:, -1]
-    rows = [(r, ids, k, p) for r, (g, p) in enumerate(zip(groups, ps)) for ids, k in g]
-    sel = torch.tensor([r for r, *_ in rows], device=dev)
-    cache.k, cache.v, cache.valid = [t[sel] for t in cache.k], [t[sel] for t in cache.v], cache.valid[sel]
-    y, yv, keep = (torch.zeros(len(rows), R, dtype=t) for t in (torch.long, torch.bool, torch.bool))
-    for q, (_, ids, k, p) in enumerate(rows):
-        m = len(ids) - p                                   # logits at full positions n-k-1 .. n-2 predict the k continuation tokens; rest slot j is position p + j
-        y[q, :m] = torch.tensor(ids[p:]); yv[q, :m] = True; keep[q, max(m - k - 1, 0):m - 1] = True
-    out = model(y.to(dev), cache=cache, valid=yv.to(dev), keep=keep.to(dev)).split(keep.sum(1).tolist())
-    res = []
-    for q, (r, ids, k, p) in enumerate(rows):
-        lp = (torch.cat([last[r, None], out[q]]) if len(ids) - p == k else out[q]).float().log_softmax(-1)
-        tgt = torch.tensor(ids[-k:], device=dev)
-        res.append((-lp.gather(-1, tgt[:, None])[:, 0].cpu(), bool((lp.argmax(-1) == tgt).all())))
-    it = iter(res)
-    return [[next(it) for _ in g] for g in groups]
+def _score_rows(model, gs, rows, dev):
+    "Score packed `rows`, each a list of units (group, pair indices, shared prefix length): a unit's prefix once, then the rest of each of its pairs, every rest seeing the prefix and itself only; logits only where they are scored."
+    T = max(sum(p + sum(len(gs[gi][j][0]) - p for j in js) for gi, js, p in row) for row in rows)
+    x, doc, br = torch.zeros(len(rows), T, dtype=torch.long), torch.full((len(rows), T), -1), torch.zeros(len(rows), T, dtype=torch.long)
+    keep, want = torch.zeros(len(rows), T, dtype=torch.bool), []
+    for r, row in enumerate(rows):
+        o = 0
+        for d, (gi, js, p) in enumerate(row):
+            x[r, o:o + p] = torch.tensor(gs[gi][js[0]][0][:p]); doc[r, o:o + p] = d
+            s = o + p
+            for b, j in enumerate(js, 1):
+                ids, k = gs[gi][j]; m = len(ids) - p
+                x[r, s:s + m] = torch.tensor(ids[p:]); doc[r, s:s + m] = d; br[r, s:s + m] = b
+                slots = [r * T + (o + t if t < p else s + t - p) for t in range(len(ids) - k - 1, len(ids) - 1)]   # slots of the positions that predict the continuation
+                keep.view(-1)[slots] = True; want.append((gi, j, slots, ids[-k:]))
+                s += m
+            o = s
+    see = (doc[:, :, None] == doc[:, None]) & ((br[:, None] == 0) | (br[:, :, None] == br[:, None])) & torch.ones(T, T, dtype=torch.bool).tril()
+    lp = model(x.to(dev), see=see.to(dev), keep=keep.to(dev)).float().log_softmax(-1)
+    at = keep.view(-1).cumsum(0) - 1                   # the row of `lp` of each kept slot
+    for gi, j, s, tgt in want:
+        l, tgt = lp[at[s].to(dev)], torch.tensor(tgt, device=dev)
+        yield gi, j, (-l.gather(-1, tgt[:, None])[:, 0].cpu(), bool((l.argmax(-1) == tgt).all()))
 
 # %% ../nbs/18_eval.ipynb #411c1d9d
 @torch.no_grad()
 def score(model, groups:list, # per example, its (token ids, number of continuation tokens at the end) pairs
           bs:int=64, # examples per forward pass at most
-          max_tokens:int=4096, # rows x padded length per forward pass at most: bounds the KV cache and the logits
+          max_tokens:int=4096, # rows x row length per forward pass at most: bounds the activations, the attention mask and the logits
+          row:int=256, # tokens a row packs (a longer example gets a row of its own): longer rows waste less on padding, more on attention between examples
          ) -> list[list[tuple]]:
-    "(per-token NLL of the continuation, whether greedy decoding reproduces it) for each pair of each group; the group's shared prefix runs once and its KV cache serves every pair."
+    "(per-token NLL of the continuation, whether greedy decoding reproduces it) for each pair of each group; the group's shared prefix runs once, its pairs' rests packed after it in the same row."
     dev, L = next(model.parameters()).device, model.cfg.max_seq_len
     gs = [[(list(ids)[-L:], k) for ids, k in g] for g in groups]
-    units = []                                     # (group, pair indices, shared prefix length)
+    units = []                                     # (group, pair indices, shared prefix length): a group, or parts of it if it is longer than max_tokens
     for gi, g in enumerate(gs):
         for ids, k in g: check(0 < k < len(ids), f"cannot score {k} continuation tokens of a {len(ids)}-token sequence: it needs at least one context token before them")
         p = min([_lcp([ids for ids, _ in g])] + [len(ids) - k for ids, k in g])
-        units += [(gi, list(range(len(g))), p)] if p else [(gi, [j], len(g[j][0]) - g[j][1]) for j in range(len(g))]
-    units.sort(key=lambda u: -max(len(gs[u[0]][j][0]) for j in u[1]))
+        js, n = [], p
+        for j, (ids, _) in enumerate(g):
+            if js and n + len(ids) - p > max_tokens: units.append((gi, js, p)); js, n = [], p
+            js.append(j); n += len(ids) - p
+        units.append((gi, js, p))
+    size = lambda u: u[2] + sum(len(gs[u[0]][j][0]) - u[2] for j in u[1])
+    units.sort(key=lambda u: -size(u))
     res, i = [[None] * len(g) for g in gs], 0
-    while i < len(units):
-        b, P, R, rows = [], 0, 0, 0
+    while i < len(units):                          # rows of `row` tokens or the batch's longest unit, filled first-fit
+        C, rows, free = max(size(units[i]), min(row, max_tokens)), [], []
         for u in units[i:i + bs]:
-            p, r = max(P, u[2]), max([R] + [len(gs[u[0]][j][0]) - u[2] for j in u[1]])
-            if b and ((rows + len(u[1])) * (p + r) > max_tokens or p + r > L): break
-            b.append(u); P, R, rows = p, r, rows + len(u[1])
-        i += len(b)
-        for (gi, js, _), s in zip(b, _score_batch(model, [[gs[gi][j] for j in js] for gi, js, _ in b], [u[2] for u in b], P, R, dev)):
-            for j, o in zip(js, s): res[gi][j] = o
+            r = next((r for r, f in enumerate(free) if f >= size(u)), None)
+            if r is None:
+                if rows and (len(rows) + 1) * C > max_tokens: break
+                rows.append([]); free.append(C); r = len(rows) - 1
+            rows[r].append(u); free[r] -= size(u); i += 1
+        for gi, j, o in _score_rows(model, gs, rows, dev): res[gi][j] = o
     return res
 
 # %% ../nbs/18_eval.ipynb #3a768925

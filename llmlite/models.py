@@ -11,7 +11,7 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as _checkpoint
 from fastcore.basics import patch
 from .core import LLMLiteError, check
-from .attention import RMSNorm, rope_freqs, rope_cos_sin, apply_rope, alibi_slopes, attn_mask, attend, KVCache
+from .attention import RMSNorm, rope_freqs, rope_cos_sin, apply_rope, alibi_slopes, alibi_bias, attn_mask, attend, KVCache
 from .packed import PackedTensor, join_rows, packed_mm
 from .cache import CacheConfig, Cache, layer_budgets
 
@@ -261,11 +261,14 @@ class Decoder(nn.Module):
         if self.cfg.tie_embeddings: self.head.weight = self.emb.weight
 
     def forward(self, x, cache:KVCache|None=None, valid=None, doc_ids=None, last:bool=False, keep=None,
-                targets=None): # the token each (kept) position predicts, -100 for none: return their mean cross-entropy (`chunked_ce`), not logits
+                targets=None, # the token each (kept) position predicts, -100 for none: return their mean cross-entropy (`chunked_ce`), not logits
+                see=None): # boolean (B, T, T): the keys each query attends to, all of them before it in its own sequence (a context and its continuations packed in one row); a token's position is the number of keys it sees less one
         B, T = x.shape
         start = cache.pos if cache is not None else 0
         alibi = self.cfg.pos == 'alibi'
-        check(alibi or start + T <= self.cfg.max_seq_len, f"{start + T} tokens exceed the model's context of {self.cfg.max_seq_len} (config field max_seq_len)")
+        if see is not None: check(cache is None and doc_ids is None, "`see` (packed continuations) takes no KV cache and no document ids")
+        n = start + T if see is None else int(see.sum(-1).max())
+        check(alibi or n <= self.cfg.max_seq_len, f"{n} tokens exceed the model's context of {self.cfg.max_seq_len} (config field max_seq_len)")
         slots = torch.arange(start, start + T, device=x.device)
         if cache is not None:
             cache.valid[:, start:start + T] = True if valid is None else valid
@@ -276,20 +279,23 @@ class Decoder(nn.Module):
             check(cache is None, "document ids (packed sequences) are for training, without a KV cache")
             first = torch.ones_like(doc_ids, dtype=torch.bool); first[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
             pos = slots - torch.where(first, slots, 0).cummax(-1).values
+        if see is not None: pos = see.sum(-1) - 1
         rope = None if alibi else rope_cos_sin(rope_freqs(self.cfg.head_dim, self.cfg.rope_base, self.cfg.rope_scaling, x.device), pos, self.emb.weight.dtype)
         slopes = alibi_slopes(self.cfg.n_heads, self.cfg.alibi_max, x.device) if alibi else None
         masks = {}
         def mask(w):
             "'causal', None (every key) or a boolean tensor, built once per window size."
+            if w not in masks and see is not None: masks[w] = (see if w is None else see & (pos[:, :, None] - pos[:, None] < w))[:, None]
             if w not in masks:
                 tensor = padded or doc_ids is not None or (T > 1 and start) or (T == 1 and w is not None and start + 1 > w)
                 masks[w] = attn_mask(slots, start + T, valid if padded else None, w, docs=doc_ids) if tensor else 'causal' if T > 1 else None
             return masks[w]
+        bias = alibi_bias(slopes, slots, T, pos) if alibi and see is not None else None   # ALiBi's distances between positions, not slots
         h = self.emb(x)
         idx = (slice(None), slice(-1, None)) if last else keep   # the positions whose logits are wanted
         for i, b in enumerate(self.blocks):
             w = self.cfg.layer_window(i)
-            h = b(h, rope=rope, mask=mask(w), window=w, cache=cache, layer=i, alibi=slopes, keep=idx if i == len(self.blocks) - 1 else None)
+            h = b(h, rope=rope, mask=mask(w), window=w, cache=cache, layer=i, alibi=None if bias is not None else slopes, bias=bias, keep=idx if i == len(self.blocks) - 1 else None)
         if cache is not None: cache.pos += T
         h = self.norm(h)
         if targets is None: return self.head(h)
