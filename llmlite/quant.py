@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools, itertools, json, logging, math, re
 import torch, torch.nn as nn, torch.nn.functional as F
 from fastcore.basics import patch
-from .core import check, as_dtype, progress, all_finite
+from .core import LLMLiteError, check, as_dtype, progress, all_finite
 
 # %% auto #0
 __all__ = ['NF4', 'DYNAMIC', 'NESTED_BLOCK', 'METHODS', 'GROUP_SIZES', 'pack_bits', 'unpack_bits', 'dynamic_map',
@@ -324,7 +324,8 @@ def _check_args(w, method, bits, group_size, name):
           f"{name}: only fp32/bf16/fp16 weights can be quantized, got {getattr(w, 'dtype', type(w))}")
     check(method == 'nf4' or w.numel() % group_size == 0,
           f"{name}: shape {tuple(w.shape)} has {w.numel()} elements, not a multiple of group_size={group_size}")
-    check(all_finite(w), f"{name}: holds {int((~torch.isfinite(w)).sum())} NaN or infinite values, which cannot be quantized")
+    if not all_finite(w):   # not `check`: its message would count the NaNs of every weight
+        raise LLMLiteError(f"{name}: holds {int((~torch.isfinite(w)).sum())} NaN or infinite values, which cannot be quantized")
 
 def quantize_weight(w:torch.Tensor, method:str='nf4', bits:int=4, group_size:int=64,
                     name:str='weight', # named in error messages
