@@ -6,13 +6,15 @@ llmlite builds each example's prompt by Foundry's rules and tokenizes it (tests/
 prompts against Foundry's construction); both sides then score the very same token ids: llmlite with `score` (the
 shared context run once, every choice packed after it in the same row), lm-eval with HFLM's `_loglikelihood_tokens` on the
 transformers model of the same GGUF file. Printed per task: per-example agreement of the chosen answer under each
-normalisation (sum, per character, per token; greedy match for LAMBADA), the largest log-likelihood difference,
-accuracies, and the time of each side, run alternately (which side goes first alternates), with the load average.
+normalisation (sum, per character, per token; greedy match for LAMBADA), the largest log-likelihood difference
+(absolute, relative, and per token), accuracies, a float64 control on the examples that differ most (llmlite's model in
+float64 against both float32 results, which says how much of the difference is float32 rounding on either side),
+and the time of each side, run alternately (which side goes first alternates), with the load average.
 
     nice python bench/eval_parity.py --n 200 --n5 200       # the full run
     nice python bench/eval_parity.py --n 40 --n5 20 --tasks piqa,lambada_openai
 """
-import argparse, json, os, resource, time
+import argparse, copy, json, os, resource, time
 from pathlib import Path
 import numpy as np, torch, transformers
 from lm_eval.models.huggingface import HFLM
@@ -45,6 +47,7 @@ def main():
     gguf = default_model()
     model, tok = load(gguf)
     model.eval()
+    exact = copy.deepcopy(model).double()           # the float64 control
     hf = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
     hft = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     lm = HFLM(pretrained=hf, tokenizer=hft, batch_size=a.bs, device='cpu')
@@ -66,10 +69,11 @@ def main():
                 t0 = time.perf_counter(); res[side] = (ours if side == 'llmlite' else theirs)(); secs[side] = time.perf_counter() - t0
                 la[side] = load_avg()
             turn += 1
-            it, diff, agree, theirs_hits = iter(res['lm-eval']), 0., {}, {}
-            for p, g in zip(ps, res['llmlite']):
+            it, agree, theirs_hits, gaps = iter(res['lm-eval']), {}, {}, []
+            for i, (p, g) in enumerate(zip(ps, res['llmlite'])):
                 th = [next(it) for _ in g]
-                diff = max(diff, max(abs(-float(nll.sum()) - l) for (nll, _), (l, _) in zip(g, th)))
+                gaps += [(abs(-float(nll.sum()) - l), abs(-float(nll.sum()) - l) / abs(l), abs(-float(nll.sum()) - l) / len(nll), i, j, l)
+                         for j, ((nll, _), (l, _)) in enumerate(zip(g, th))]
                 if kind == 'language_modeling':
                     agree.setdefault('greedy', []).append(g[0][1] == th[0][1]); theirs_hits.setdefault('greedy', []).append(th[0][1])
                     continue
@@ -78,10 +82,15 @@ def main():
                 for key, v in (('acc', ll), ('acc_norm', ll / nc), ('acc_token', ll / nt)):
                     hit = float(int(np.argmax(v)) == p['gold'])
                     agree.setdefault(key, []).append(m[key] == hit); theirs_hits.setdefault(key, []).append(hit)
+            worst = sorted(gaps, reverse=True)[:16]
+            with torch.no_grad(): f64 = score(exact, [enc[i] for _, _, _, i, _, _ in worst], a.bs)
+            vs64 = dict(llmlite=max(abs(float(res['llmlite'][i][j][0].sum()) - float(e[j][0].sum())) for (_, _, _, i, j, _), e in zip(worst, f64)),
+                        lm_eval=max(abs(l + float(e[j][0].sum())) for (_, _, _, i, j, l), e in zip(worst, f64)))
             ours_m = lm_metrics(res['llmlite']) if kind == 'language_modeling' else choice_metrics(ps, res['llmlite'])
             toks = dict(llmlite=sum(p + sum(len(ids) - p for ids, _ in e) if p else sum(len(ids) for ids, _ in e) for p, e in ((shared(e), e) for e in enc)),
                         lm_eval=sum(len(ids) - 1 for e in enc for ids, _ in e))   # tokens each side runs through the model
-            r = dict(task=f'{name}/{k}-shot', n=len(ps), pairs=len(reqs), tokens=toks, max_ll_diff=diff, agreement={key: float(np.mean(v)) for key, v in agree.items()},
+            r = dict(task=f'{name}/{k}-shot', n=len(ps), pairs=len(reqs), tokens=toks, max_ll_diff=max(x[0] for x in gaps), max_ll_rel=max(x[1] for x in gaps),
+                     max_ll_diff_per_token=max(x[2] for x in gaps), worst16_vs_float64=vs64, agreement={key: float(np.mean(v)) for key, v in agree.items()},
                      llmlite={key: ours_m[key] for key in agree}, lm_eval={key: float(np.mean(v)) for key, v in theirs_hits.items()},
                      secs=secs, speedup=secs['lm-eval'] / secs['llmlite'], load=la)
             rows.append(r)
@@ -90,7 +99,7 @@ def main():
     sp = [r['speedup'] for r in rows]
     print(f"total: llmlite {tot['llmlite']:.1f} s, lm-eval {tot['lm-eval']:.1f} s, ratio {tot['lm-eval'] / tot['llmlite']:.2f}x; "
           f"per task speedup median {np.median(sp):.2f}x (quartiles {np.quantile(sp, .25):.2f}-{np.quantile(sp, .75):.2f}); "
-          f"all agreement 100%: {all(v == 1. for r in rows for v in r['agreement'].values())}; max |ll diff| {max(r['max_ll_diff'] for r in rows):.2e}; "
+          f"all agreement 100%: {all(v == 1. for r in rows for v in r['agreement'].values())}; max |ll diff| {max(r['max_ll_diff'] for r in rows):.2e} (relative {max(r['max_ll_rel'] for r in rows):.1e}, per token {max(r['max_ll_diff_per_token'] for r in rows):.1e}; against float64 on the worst pairs: llmlite {max(r['worst16_vs_float64']['llmlite'] for r in rows):.2e}, lm-eval {max(r['worst16_vs_float64']['lm_eval'] for r in rows):.2e}); "
           f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB; load {load_avg()}")
 
 if __name__ == '__main__': main()
