@@ -12,9 +12,10 @@ Jobs, in the order `python bench/scale.py` runs them (alternating llmlite and pe
                          bnb_4bit_quant_type='nf4'), device_map='cpu', dtype=bf16)`
   export                 llmlite NF4 (fp32 compute) logits on a short prompt, then `save_model` (bitsandbytes layout)
   reload                 transformers reads the export: its logits against llmlite's (max abs difference / max abs logit)
-  qlora 1|2              QLoRA steps (seq 256, bs 1, LoRA r 16 on all linears, activation checkpointing, fp32 compute) in one
-                         process, or 2 FSDP2 ranks (`load(..., shard=True)`), per-rank peak against `llmlite.plan`
-Usage: python bench/scale.py [--only load|export|reload|qlora] [--rounds 2] [--steps 3] [--limit-gb 18] [--timeout-s S] [--dir DIR]
+  qlora 1|2              QLoRA steps (seq 256, bs 1, LoRA r 16 on all linears, activation checkpointing, `--dtype` compute, bf16
+                         by default: this CPU has bf16 dot products) in one process, or 2 FSDP2 ranks (`load(..., shard=True)`),
+                         per-rank peak against `llmlite.plan` for the same job
+Usage: python bench/scale.py [--only load|export|reload|qlora] [--rounds 2] [--steps 3] [--limit-gb 18] [--timeout-s S] [--dtype bf16|fp32] [--dir DIR]
 """
 import argparse, json, os, signal, statistics, subprocess, sys, time
 from pathlib import Path
@@ -116,7 +117,7 @@ def job_reload(d, out):
 
 SEQ, R = 256, 16
 
-def qlora_rank(d, steps, out):
+def qlora_rank(d, steps, out, dtype):
     "One rank of the QLoRA job: load (sharded under 2 processes), adapters, checkpointing, `steps` AdamW steps on random tokens."
     import torch
     from llmlite.core import rss, MemoryMeter
@@ -129,8 +130,8 @@ def qlora_rank(d, steps, out):
     with MemoryMeter(every=0.05) as mm:
         t = time.perf_counter()
         add = lambda m: add_adapters(m, r=R, alpha=2 * R)
-        if world() > 1: model, _ = load(d, quant='nf4', dtype='fp32', device='cpu', shard=True, prepare=add)
-        else: model, _ = load(d, quant='nf4', dtype='fp32', device='cpu'); add(model)
+        if world() > 1: model, _ = load(d, quant='nf4', dtype=dtype, device='cpu', shard=True, prepare=add)
+        else: model, _ = load(d, quant='nf4', dtype=dtype, device='cpu'); add(model)
         load_secs, load_peak = time.perf_counter() - t, mm.peak
         checkpoint_blocks(model.train())
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -143,12 +144,12 @@ def qlora_rank(d, steps, out):
             print(f"rank {rank()} step {i}: loss {losses[-1]:.4f}, {times[-1]:.0f} s", file=sys.stderr, flush=True)
     Path(f"{out}.{rank()}").write_text(json.dumps(dict(base=base, peak=mm.peak, load_peak=load_peak, load_secs=load_secs, step_secs=times, losses=losses)))
 
-def job_qlora(d, ws, steps):
+def job_qlora(d, ws, steps, dtype):
     ws, steps, out = int(ws), int(steps), f"/tmp/scale_qlora_{os.getpid()}"
-    if ws == 1: qlora_rank(d, steps, out)
+    if ws == 1: qlora_rank(d, steps, out, dtype)
     else:
         from llmlite.dist import launch
-        launch(qlora_rank, ws, d, steps, out, timeout=3600)   # a rank's step takes minutes on CPU: collectives wait long enough
+        launch(qlora_rank, ws, d, steps, out, dtype, timeout=3600)   # a rank's step takes minutes on CPU: collectives wait long enough
     return dict(ranks=[json.loads(Path(f"{out}.{r}").read_text()) for r in range(ws)])
 
 JOBS = {'load-llmlite': job_load_llmlite, 'load-peer': job_load_peer, 'export': job_export, 'reload': job_reload, 'qlora': job_qlora}
@@ -197,7 +198,7 @@ def main():
     ap.add_argument('--dir', default='/work/cache/scale8b'); ap.add_argument('--only', choices=('load', 'export', 'reload', 'qlora'), nargs='*')
     ap.add_argument('--rounds', type=int, default=2); ap.add_argument('--steps', type=int, default=3)
     ap.add_argument('--limit-gb', type=float, default=18.); ap.add_argument('--quants', nargs='*', default=['nf4', 'hqq'])
-    ap.add_argument('--ranks', type=int, nargs='*', default=[1, 2]); ap.add_argument('--timeout-s', type=float, help='kill a job still running this long after the start')
+    ap.add_argument('--ranks', type=int, nargs='*', default=[1, 2]); ap.add_argument('--dtype', default='bf16', help='QLoRA compute dtype'); ap.add_argument('--timeout-s', type=float, help='kill a job still running this long after the start')
     a = ap.parse_args(); d = Path(a.dir); parts = a.only or ('load', 'export', 'qlora')
     if not (d/'config.json').exists(): wait_for_memory(6); write_checkpoint(d)
     print(f"checkpoint {d}: {sum(f.stat().st_size for f in d.glob('*.safetensors')) / GB:.2f} GB of bf16 safetensors", flush=True)
@@ -219,8 +220,8 @@ def main():
     if 'qlora' in parts:
         import llmlite.plan
         for ws in a.ranks:
-            q = go(14, 'qlora', ws, a.steps)
-            p = llmlite.plan.plan(NAME, world_size=ws, seq_len=SEQ, bs=1, quant='nf4', r=R, dtype='fp32')
+            q = go(14, 'qlora', ws, a.steps, a.dtype)
+            p = llmlite.plan.plan(NAME, world_size=ws, seq_len=SEQ, bs=1, quant='nf4', r=R, dtype=a.dtype)
             print(f"plan world_size={ws}: {json.dumps(p)}", flush=True)
             for i, rk in enumerate(q.get('ranks', [])):
                 grow = (rk['peak'] - rk['base']) / 2**30

@@ -280,7 +280,8 @@ class Decoder(nn.Module):
             first = torch.ones_like(doc_ids, dtype=torch.bool); first[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
             pos = slots - torch.where(first, slots, 0).cummax(-1).values
         if see is not None: pos = see.sum(-1) - 1
-        rope = None if alibi else rope_cos_sin(rope_freqs(self.cfg.head_dim, self.cfg.rope_base, self.cfg.rope_scaling, x.device), pos, self.emb.weight.dtype)
+        h = self.emb(x)   # first: under FSDP an untied embedding is gathered only for this call, so its weight's dtype is the shard's
+        rope = None if alibi else rope_cos_sin(rope_freqs(self.cfg.head_dim, self.cfg.rope_base, self.cfg.rope_scaling, x.device), pos, h.dtype)
         slopes = alibi_slopes(self.cfg.n_heads, self.cfg.alibi_max, x.device) if alibi else None
         masks = {}
         def mask(w):
@@ -291,7 +292,6 @@ class Decoder(nn.Module):
                 masks[w] = attn_mask(slots, start + T, valid if padded else None, w, docs=doc_ids) if tensor else 'causal' if T > 1 else None
             return masks[w]
         bias = alibi_bias(slopes, slots, T, pos) if alibi and see is not None else None   # ALiBi's distances between positions, not slots
-        h = self.emb(x)
         idx = (slice(None), slice(-1, None)) if last else keep   # the positions whose logits are wanted
         for i, b in enumerate(self.blocks):
             w = self.cfg.layer_window(i)

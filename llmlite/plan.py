@@ -50,8 +50,10 @@ def plan(cfg, world_size:int=1, device_mem_gib:float=24., seq_len:int=2048, bs:i
     n_ad = c.n_layers * sum(r * (i + o) + (o if adapter == 'dora' else 0) for i, o in ad)
     opt = n_ad * 16 / ws
     gathered = (2 * blk_w * qb + 2 * n_ad / c.n_layers * db if ws > 1 else 0) + (max(i * o for i, o in lins) * db if quant else 0)
-    root = (c.vocab_size * c.dim * (1 if c.tie_embeddings else 2) + c.dim) * db
-    root += root / ws if ws > 1 and not cpu_offload else 0  # its shard at rest, besides the gathered copy
+    head = (c.vocab_size * c.dim + c.dim) * db   # the root's unit: final norm and head, and a tied embedding (it is the head's weight)
+    emb = 0 if c.tie_embeddings else c.vocab_size * c.dim * db   # an untied embedding: a unit of its own, gathered only while it runs
+    root = head + emb if ws == 1 else head + (0 if cpu_offload else (head + emb) / ws)   # gathered for the whole step, besides the shards at rest
+    first = 0 if ws == 1 else max(head, 2 * emb)   # gathering goes through a buffer as big as the unsharded copy: the root's, then the embedding's
     tok = bs * seq_len
     q, kv, d, h = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim, c.dim, c.hidden
     saved = db * (4 * d + 3 * q + 2 * kv + 3 * h + r * len(ad))  # what one block keeps for backward, per token: each norm's input and output,
@@ -61,6 +63,7 @@ def plan(cfg, world_size:int=1, device_mem_gib:float=24., seq_len:int=2048, bs:i
     block = tok * ((saved if checkpointing else 0) + db * (3 * h + d))  # one block recomputed, plus the gradients alive at once in its backward (its MLP's)
     logits = tok * c.vocab_size * 12  # the loss's backward: fp32 log-softmax, its gradient and the gradient of its input
     terms = dict(frozen=0 if cpu_offload else frozen, gathered=gathered, root=root, adapter=0 if cpu_offload else opt, activations=acts, block=block, logits=logits)
-    peak = sum(terms.values()) - min(block, logits)  # the loss's backward is over before the first block's begins
-    return dict(model=c.name, world_size=ws, **{k + '_gib': round(v / _GiB, 3) for k, v in terms.items()}, peak_gib=round(peak / _GiB, 2),
+    peak = max(sum(terms.values()) - min(block, logits),   # the loss's backward is over before the first block's begins
+               terms['frozen'] + terms['adapter'] + root + first)   # the step's first gathers, before any activation
+    return dict(model=c.name, world_size=ws, **{k + '_gib': round(v / _GiB, 3) for k, v in terms.items()}, first_gather_gib=round(first / _GiB, 3), peak_gib=round(peak / _GiB, 2),
                 fits=peak <= device_mem_gib * _GiB, cpu_gib=round((frozen + opt) / _GiB, 2) if cpu_offload else 0.)
