@@ -60,7 +60,7 @@ def main():
         got = [json.loads(Path(f"{out}.{i}").read_text()) for i in range(2)]
         p = plan(Config(**cfg), world_size=2, seq_len=job['T'], bs=job['bs'], r=job['r'], checkpointing=job['checkpointing'], dtype='fp32',
                  **{k: job[k] for k in ('dropout', 'targets') if k in job})
-        shards = p['frozen_gib'] + p['root_gib'] / 3 + p['adapter_gib'] / 4  # at rest: the root's 1/2 shard (root_gib counts the gathered root too), adapter weights only
+        shards = p['frozen_gib'] + p['vocab_shards_gib'] + p['adapter_gib'] / 4  # at rest: the blocks' and the vocabulary matrices' shards, adapter weights only
         pk = [g['peak'] for g in got]
         print(f"{label:<26}{p['peak_gib']:>10.3f}{pk[0]:>10.3f}{pk[1]:>10.3f}{max(pk) / p['peak_gib'] - 1:>+6.0%}{shards:>12.3f}"
               f"{max(g['pre'] for g in got):>7.3f}{max(g['rest'] for g in got):>7.3f}", flush=True)

@@ -242,7 +242,9 @@ class Plan:
   adapter      this device's share of the adapter weights, their gradients and AdamW's two moments
   gathered     under FSDP, the full weights of the block being computed and the next (prefetched);
                with --quant, the largest layer dequantized for its matmul
-  root         embeddings, final norm and output head, kept gathered while they are used
+  vocab_shards under FSDP, this device's slices of the output head and an untied embedding
+  root         the output head (and a tied embedding) and final norm, gathered whole (an untied head twice
+               over at the loss: its copy and FSDP's all-gather buffer)
   activations  what backward keeps (with --checkpointing, only each block's input)
   block        the activations of one block while it is recomputed in backward
   logits       the output logits and their gradient (large for a large vocabulary)"""

@@ -80,6 +80,7 @@ def _free_port():
 
 def _rank_main(r, fn, ws, port, timeout, args):
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(ws), LOCAL_WORLD_SIZE=str(ws))
+    if 'OMP_NUM_THREADS' not in os.environ: torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // ws))   # the cores shared out: OpenMP threads beyond them spin
     init_from_env(timeout)
     try: fn(*args)
     finally: tdist.destroy_process_group()

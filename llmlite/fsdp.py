@@ -46,7 +46,7 @@ def shard(model:nn.Module, mixed_precision=None, # None: bf16 params + fp32 redu
           cpu_offload:bool=False, # keep sharded params, grads and optimizer state on CPU (a CPU-only job has them there already)
           checkpointing:bool=False, # recompute each block's activations in backward
           mesh=None): # a 1-D DeviceMesh (default: every rank of the process group)
-    "Shard `model` in place with FSDP2: block by block, an untied embedding, then the root; returns `model`."
+    "Shard `model` in place with FSDP2: block by block, an untied embedding and head, then the root; returns `model`."
     check(tdist.is_available() and tdist.is_initialized(), "shard() needs a process group: start the job with `launch` or torchrun, or call dist.init_process_group")
     dev = 'cuda' if tdist.get_backend() == 'nccl' else 'cpu'
     mesh = mesh or init_device_mesh(dev, (world(),))
@@ -57,8 +57,10 @@ def shard(model:nn.Module, mixed_precision=None, # None: bf16 params + fp32 redu
     if mesh.size() == 1: return model
     kw = dict(mesh=mesh, mp_policy=_mp_policy(mixed_precision, dev), offload_policy=CPUOffloadPolicy() if cpu_offload and dev == 'cuda' else OffloadPolicy())
     for b in bs: fully_shard(b, **kw)
-    emb = getattr(model, 'emb', None)   # an untied embedding is a unit of its own: gathered only while it runs, never beside the head
-    if isinstance(emb, nn.Embedding) and sum(p is emb.weight for _, p in model.named_parameters(remove_duplicate=False)) == 1: fully_shard(emb, **kw)
+    emb, head = getattr(model, 'emb', None), getattr(model, 'head', None)   # untied: each a unit of its own, gathered only around its use
+    tied = isinstance(emb, nn.Embedding) and isinstance(head, nn.Linear) and head.weight is emb.weight
+    if isinstance(emb, nn.Embedding) and not tied: fully_shard(emb, **kw)
+    if isinstance(head, nn.Linear) and not tied: fully_shard(head, reshard_after_forward=False, **kw)   # the loss's backward needs it at once
     fully_shard(model, **kw)
     return model
 

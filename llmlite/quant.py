@@ -209,12 +209,9 @@ def _flat(m:torch.Tensor, qmax:int):
     return torch.where(s > 0, s, 1.).half(), torch.where(s > 0, z, 0.).half()   # m == 0 (or below fp16): scale 1, zero 0
 
 # %% ../nbs/03_quant.ipynb #cc3df8d7
-def hqq_quantize(w:torch.Tensor, bits:int=4, group_size:int=64,
-                 iters:int=20, p:float=0.7, beta:float=10., kappa:float=1.01, # solver: steps, lp norm, penalty and its growth
-                 round_zero:bool=True): # start the solver from a zero rounded to an integer (the hqq library does at 4 bits; measured better at 2-4)
-    "HQQ codes (packed), fp16 scale and zero per group of `w`."
-    x = w.reshape(-1, group_size).float()
-    qmax = 2**bits - 1
+def _hqq_chunk(x, bits, iters, p, beta, kappa, round_zero):
+    "Codes (uint8), fp16 scale and fp16 zero of the groups (rows) of `x`, the zero from HQQ's half-quadratic solver."
+    x, qmax = x.float(), 2**bits - 1
     s, z = _rtn(x, bits)
     if round_zero: z = z.round()
     xs, sp = x / s, s.pow(p - 2)
@@ -234,8 +231,17 @@ def hqq_quantize(w:torch.Tensor, bits:int=4, group_size:int=64,
     if flat.any():
         fs, fz = _flat(x[flat.view(-1)].mean(1), qmax)
         s[flat], z[flat] = fs, fz
-    q = (x / s.float() + z.float()).round_().clamp_(0, qmax)
-    return dict(qdata=pack_bits(q, bits), scale=s.view(-1), zero=z.view(-1))
+    return (x / s.float() + z.float()).round_().clamp_(0, qmax).to(torch.uint8), s.view(-1), z.view(-1)
+
+def hqq_quantize(w:torch.Tensor, bits:int=4, group_size:int=64,
+                 iters:int=20, p:float=0.7, beta:float=10., kappa:float=1.01, # solver: steps, lp norm, penalty and its growth
+                 round_zero:bool=True): # start the solver from a zero rounded to an integer (the hqq library does at 4 bits; measured better at 2-4)
+    "HQQ codes (packed), fp16 scale and zero per group of `w`; on CPU the groups go through the solver in chunks that stay in cache."
+    g = w.reshape(-1, group_size)
+    r = max(1, 65536 // group_size) if w.device.type == 'cpu' else len(g)
+    q, s, z = map(torch.cat, zip(*(_hqq_chunk(g[a:a + r], bits, iters, p, beta, kappa, round_zero) for a in range(0, len(g), r))))
+    return dict(qdata=pack_bits(q, bits), scale=s, zero=z)
+
 
 # %% ../nbs/03_quant.ipynb #4ab93d2a
 def hqq_dequantize(st:dict, shape, dtype=torch.float32, bits:int=4, group_size:int=64):

@@ -11,7 +11,7 @@ def test_plan_table_by_name():
     out = llmlite('--model', 'Llama-2-70B', '--world-size', 2, '--bs', 2, '--cpu-offload').stdout
     want = plan('Llama-2-70B', 2, 24, 2048, 2, cpu_offload=True)
     assert out.startswith('Llama-2-70B on 2 device(s) of 24 GiB: nf4 base, lora r=8 on all-linear, bs 2 x 2048 tokens, bf16, checkpointing, CPU offload')
-    for k in ('frozen', 'gathered', 'root', 'adapter', 'activations', 'block', 'logits'): assert f"{want[k + '_gib']:8.2f} GiB" in out.split(f'  {k}')[1].splitlines()[0]
+    for k in ('frozen', 'vocab_shards', 'gathered', 'root', 'adapter', 'activations', 'block', 'logits'): assert f"{want[k + '_gib']:8.2f} GiB" in out.split(f'  {k}')[1].splitlines()[0]
     assert f"{'peak':<12}{want['peak_gib']:8.2f} GiB: fits" in out and 'CPU memory' in out
     assert 'does NOT fit' in llmlite('--model', 'Llama-2-70B', '--world-size', 2, '--bs', 2).stdout
 
