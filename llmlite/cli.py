@@ -243,8 +243,9 @@ class Plan:
   gathered     under FSDP, the full weights of the block being computed and the next (prefetched);
                with --quant, the largest layer dequantized for its matmul
   vocab_shards under FSDP, this device's slices of the output head and an untied embedding
-  root         the output head (and a tied embedding) and final norm, gathered whole (an untied head twice
-               over at the loss: its copy and FSDP's all-gather buffer)
+  root         the output head (and a tied embedding) and final norm, gathered whole
+  vocab_gather under FSDP, gathering the head (or an untied embedding): its copy and FSDP's all-gather
+               buffer at once, counted in the peak instead of root, block and logits
   activations  what backward keeps (with --checkpointing, only each block's input)
   block        the activations of one block while it is recomputed in backward
   logits       the output logits and their gradient (large for a large vocabulary)"""

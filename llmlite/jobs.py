@@ -195,10 +195,10 @@ def run_plan(o:Plan) -> dict:
            + (", checkpointing" if o.checkpointing else "") + (", CPU offload" if o.cpu_offload else ""))
     print(f"{r['model'] or o.model} on {o.world_size} device(s) of {o.device_mem:g} GiB: {job}")
     for k, v in r.items():
-        if k.endswith('_gib') and k not in ('first_gather_gib', 'peak_gib', 'cpu_gib'): print(f"  {k[:-4]:<12}{v:8.2f} GiB")
+        if k.endswith('_gib') and k not in ('vocab_gather_gib', 'peak_gib', 'cpu_gib'): print(f"  {k[:-4]:<12}{v:8.2f} GiB")
     print(f"  {'peak':<12}{r['peak_gib']:8.2f} GiB: " + (f"fits, {o.device_mem - r['peak_gib']:.2f} GiB to spare" if r['fits'] else
           f"does NOT fit, {r['peak_gib'] - o.device_mem:.2f} GiB over") + " (the sum, less the smaller of block and logits: never alive together;"
-          f" or, if larger, frozen + vocab_shards + adapter + the {r['first_gather_gib']:.2f} GiB of the step's first gather)")
+          f" or, if larger, the sum less root, block and logits plus the {r['vocab_gather_gib']:.2f} GiB of gathering the head)")
     if o.cpu_offload: print(f"  {'CPU memory':<12}{r['cpu_gib']:8.2f} GiB per rank (offloaded weights and adapter state)")
     print("  (`llmlite plan --help` and the cli docs say what each term is)")
     return r

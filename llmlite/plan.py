@@ -53,11 +53,8 @@ def plan(cfg, world_size:int=1, device_mem_gib:float=24., seq_len:int=2048, bs:i
     head = (c.vocab_size * c.dim + c.dim) * db   # final norm and head (a tied embedding is the head's weight)
     emb = 0 if c.tie_embeddings else c.vocab_size * c.dim * db   # an untied embedding
     shards = 0 if ws == 1 or cpu_offload else (head + emb) / ws   # this rank's slices of both, at rest
-    # a gather holds the unsharded copy and FSDP2's all-gather buffer, which lives until the next unit's gather is copied out. Tied: the root
-    # holds the head all step, its buffer until the first block's gather. Untied: the head is gathered (twice over) from the forward's end into
-    # the loss's backward, the embedding (twice over) only at the start
-    root = head + emb if ws == 1 else (2 * head if emb else head)
-    first = 0 if ws == 1 else 2 * (emb or head)   # the step's first gather: the embedding's, or the root's with a tied embedding
+    root = head + emb if ws == 1 else head   # sharded: the head gathered from the forward's end into its backward (all step when tied)
+    vg = 0 if ws == 1 else 2 * head   # gathering the head (or an untied embedding): its copy and FSDP2's all-gather buffer at once
     tok = bs * seq_len
     q, kv, d, h = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim, c.dim, c.hidden
     saved = db * (4 * d + 3 * q + 2 * kv + 3 * h + r * len(ad))  # what one block keeps for backward, per token: each norm's input and output,
@@ -68,6 +65,6 @@ def plan(cfg, world_size:int=1, device_mem_gib:float=24., seq_len:int=2048, bs:i
     logits = tok * c.vocab_size * 12  # the loss's backward: fp32 log-softmax, its gradient and the gradient of its input
     terms = dict(frozen=0 if cpu_offload else frozen, vocab_shards=shards, gathered=gathered, root=root, adapter=0 if cpu_offload else opt, activations=acts, block=block, logits=logits)
     peak = max(sum(terms.values()) - min(block, logits),   # the loss's backward is over before the first block's begins
-               terms['frozen'] + terms['adapter'] + shards + first)   # the step's first gather, before any activation
-    return dict(model=c.name, world_size=ws, **{k + '_gib': round(v / _GiB, 3) for k, v in terms.items()}, first_gather_gib=round(first / _GiB, 3), peak_gib=round(peak / _GiB, 2),
+               sum(terms.values()) - root - block - logits + vg)   # the head's gather as the forward ends, the last block's buffer not yet freed
+    return dict(model=c.name, world_size=ws, **{k + '_gib': round(v / _GiB, 3) for k, v in terms.items()}, vocab_gather_gib=round(vg / _GiB, 3), peak_gib=round(peak / _GiB, 2),
                 fits=peak <= device_mem_gib * _GiB, cpu_gib=round((frozen + opt) / _GiB, 2) if cpu_offload else 0.)
