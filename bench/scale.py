@@ -16,7 +16,7 @@ Jobs, in the order `python bench/scale.py` runs them (alternating llmlite and pe
                          by default on a CPU with bf16 dot products (`llmlite.core.native_bf16`), else fp32, where a bf16 matmul whose operands
                          are both untransposed, as in a linear's input gradient, falls back to a scalar loop about 70x slower than
                          fp32) in one process, or 2 FSDP2 ranks (`load(..., shard=True)`), per-rank peak against `llmlite.plan`
-                         for the same job, each rank on its share of the cores (OMP_NUM_THREADS). glibc is told to return freed blocks over 64 KiB to the system at once
+                         for the same job, each rank on its share of the cores (`llmlite.dist.launch`). glibc is told to return freed blocks over 64 KiB to the system at once
                          (MALLOC_MMAP_THRESHOLD_), so RSS tracks the live tensors the planner counts: with its adaptive threshold,
                          freed dequantized weights and activations stay resident (measured: +0.08 GiB per fp32 8B-width block)
 Usage: python bench/scale.py [--only load|export|reload|qlora] [--rounds 2] [--steps 3] [--limit-gb 18] [--timeout-s S] [--dtype bf16|fp32] [--dir DIR]
@@ -163,7 +163,7 @@ def run(job, *args, limit_gb=18., d=None, until=None):
     "Run `job` in a fresh process; its JSON result plus the sampled peak RSS of its process tree (whole, and per process). Killed past `limit_gb` or at time `until`."
     out = Path(f"/tmp/scale_{job}_{os.getpid()}.json"); out.unlink(missing_ok=True)
     env = dict(os.environ, PYTHONPATH=str(HERE.parent), OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '2'))
-    if job == 'qlora': env.update(MALLOC_MMAP_THRESHOLD_='65536', OMP_NUM_THREADS=str(max(1, int(env['OMP_NUM_THREADS']) // int(args[0]))))   # ranks share the cores
+    if job == 'qlora': env['MALLOC_MMAP_THRESHOLD_'] = '65536'; env.pop('OMP_NUM_THREADS')   # one process takes every core, `launch` shares them out among ranks
     la0 = os.getloadavg()
     p = subprocess.Popen([sys.executable, __file__, '--job', job, str(out), str(d), *map(str, args)], env=env)
     peak, anon, per, killed, late, pp, t0 = 0, 0, {}, False, False, psutil.Process(p.pid), time.time()

@@ -116,11 +116,15 @@ def _nf4_bins(device):
     mid = torch.full((2 * int(_NF4_H) + 1,), math.inf).index_put_((b.long(),), _NF4_MID)
     return first.to(device), mid.to(device)
 
+def _chunk_rows(x):
+    "Rows of `x` (blocks or groups) to take at a time: 64K values on CPU, so a pass of element-wise ops stays in cache; all of them elsewhere."
+    return max(1, 65536 // x.shape[1]) if x.device.type == 'cpu' else len(x)
+
 def _nf4_codes(xb, inv, last):
     "NF4 codes of the blocks `xb` scaled by `inv` (the last one by division by `last` instead, if given): the code of the nearest level, ties to the lower, as `bucketize` over the midpoints gives it, but as two table lookups and one compare per weight, over chunks that stay in cache."
     first, mid = _nf4_bins(xb.device)
     d, bs = xb.device, xb.shape[1]
-    r = max(1, 65536 // bs) if d.type == 'cpu' else len(xb)
+    r = _chunk_rows(xb)
     q, R = torch.empty(xb.shape, dtype=torch.uint8, device=d), min(r, len(xb))
     s, f, i, up = (torch.empty(R, bs, dtype=t, device=d) for t in (torch.float32, torch.float32, torch.int32, torch.bool))
     for a in range(0, len(xb), r):
@@ -238,7 +242,7 @@ def hqq_quantize(w:torch.Tensor, bits:int=4, group_size:int=64,
                  round_zero:bool=True): # start the solver from a zero rounded to an integer (the hqq library does at 4 bits; measured better at 2-4)
     "HQQ codes (packed), fp16 scale and zero per group of `w`; on CPU the groups go through the solver in chunks that stay in cache."
     g = w.reshape(-1, group_size)
-    r = max(1, 65536 // group_size) if w.device.type == 'cpu' else len(g)
+    r = _chunk_rows(g)
     q, s, z = map(torch.cat, zip(*(_hqq_chunk(g[a:a + r], bits, iters, p, beta, kappa, round_zero) for a in range(0, len(g), r))))
     return dict(qdata=pack_bits(q, bits), scale=s, zero=z)
 
