@@ -10,9 +10,12 @@ normalisation (sum, per character, per token; greedy match for LAMBADA), the lar
 (absolute, relative, and per token), accuracies, a float64 control on the examples that differ most (llmlite's model in
 float64 against both float32 results, which says how much of the difference is float32 rounding on either side),
 and the time of each side, run alternately (which side goes first alternates), with the load average.
+With `--dtype float64` both models run in float64 (the control is then llmlite itself): the log-likelihood differences
+left are the engines' own, not float32 rounding.
 
     nice python bench/eval_parity.py --n 200 --n5 200       # the full run
     nice python bench/eval_parity.py --n 40 --n5 20 --tasks piqa,lambada_openai
+    nice python bench/eval_parity.py --dtype float64 --n 200 --n5 200
 """
 import argparse, copy, json, os, resource, time
 from pathlib import Path
@@ -42,16 +45,17 @@ def main():
     ap.add_argument('--tasks', default=','.join(TASKS))
     ap.add_argument('--bs', type=int, default=16, help="lm-eval's batch size (requests) and llmlite's (examples)")
     ap.add_argument('--threads', type=int, default=0)
+    ap.add_argument('--dtype', choices=('float32', 'float64'), default='float32', help='both models in this dtype')
     a = ap.parse_args()
     if a.threads: torch.set_num_threads(a.threads)
     gguf = default_model()
     model, tok = load(gguf)
-    model.eval()
-    exact = copy.deepcopy(model).double()           # the float64 control
-    hf = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    model, dt = model.eval().to(getattr(torch, a.dtype)), getattr(torch, a.dtype)
+    exact = model if dt == torch.float64 else copy.deepcopy(model).double()          # the float64 control
+    hf = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dt).eval()
     hft = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     lm = HFLM(pretrained=hf, tokenizer=hft, batch_size=a.bs, device='cpu')
-    print(f"SmolLM2-135M-Instruct, torch threads {torch.get_num_threads()}, load {load_avg()}")
+    print(f"SmolLM2-135M-Instruct in {a.dtype}, torch threads {torch.get_num_threads()}, load {load_avg()}")
     rows, turn = [], 0
     for name in a.tasks.split(','):
         for k, n in ((0, a.n), (5, a.n5)):

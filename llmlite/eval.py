@@ -46,7 +46,8 @@ def _score_rows(model, gs, rows, dev):
                 s += m
             o = s
     see = (doc[:, :, None] == doc[:, None]) & ((br[:, None] == 0) | (br[:, :, None] == br[:, None])) & torch.ones(T, T, dtype=torch.bool).tril()
-    lp = model(x.to(dev), see=see.to(dev), keep=keep.to(dev)).float().log_softmax(-1)
+    y = model(x.to(dev), see=see.to(dev), keep=keep.to(dev))
+    lp = y.to(torch.promote_types(y.dtype, torch.float32)).log_softmax(-1)   # bf16/fp16 logits in fp32; a float64 model scores in float64
     at = keep.view(-1).cumsum(0) - 1                   # the row of `lp` of each kept slot
     for gi, j, s, tgt in want:
         l, tgt = lp[at[s].to(dev)], torch.tensor(tgt, device=dev)
