@@ -3,7 +3,8 @@
     nice python bench/data_scale.py corpus --gb 2            # make (once, cached) a synthetic corpus of JSONL files
     nice python bench/data_scale.py pack                     # packing time of 1, 5 and 20 MB documents
     nice python bench/data_scale.py speed --gb 2 --mb 64     # tokenize vs `tokenizers` batch encoding, alternating rounds, same text, same cores
-    nice python bench/data_scale.py rss --gb 0.2             # peak RSS (process tree) of tokenizing the corpus and of a loader run over its store
+    nice python bench/data_scale.py rss --gb 0.2             # peak RSS (process tree) of tokenizing the corpus and of a loader run over its store,
+                                                             # and a training step's time beside the loader's
 
 The corpus (cached under $LLMLITE_CACHE or /work/cache, never in CI): JSON Lines files of documents whose
 lengths are log-normal (median ~2 KB) plus one 1, one 5 and one 20 MB document per GB; the text is words of
@@ -110,18 +111,20 @@ def speed(a):
     print(f"load average {load()}")
 
 def _tree_rss(pid):
-    "RSS of process `pid` and all its descendants (bytes)."
+    "RSS of process `pid` and all its descendants, and the anonymous part of it (less file-backed pages such as a memory-mapped store's), in bytes."
     import psutil
     try:
-        p = psutil.Process(pid); ps = [p] + p.children(recursive=True)
-        return sum(x.memory_info().rss for x in ps)
-    except psutil.NoSuchProcess: return 0
+        p = psutil.Process(pid); ms = [x.memory_info() for x in [p] + p.children(recursive=True)]
+        return np.array([sum(m.rss for m in ms), sum(m.rss - m.shared for m in ms)])
+    except psutil.NoSuchProcess: return np.zeros(2)
+
+def _mib(peak): return f"{peak[0] / 2**20:,.0f} MiB ({peak[1] / 2**20:,.0f} MiB anonymous)"
 
 def _watch(cmd, limit=None):
-    "Run `cmd`, sampling its process tree's RSS every 0.1 s, killing it after `limit` seconds: (peak bytes, seconds, stdout or None when killed)."
-    t = time.time(); p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True); peak = 0
+    "Run `cmd`, sampling its process tree's RSS every 0.1 s, killing it after `limit` seconds: (peak bytes whole and anonymous, seconds, stdout or None when killed)."
+    t = time.time(); p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True); peak = np.zeros(2)
     while p.poll() is None:
-        peak = max(peak, _tree_rss(p.pid)); time.sleep(0.1)
+        peak = np.maximum(peak, _tree_rss(p.pid)); time.sleep(0.1)
         if limit and time.time() - t > limit:
             import psutil
             for c in psutil.Process(p.pid).children(recursive=True): c.kill()
@@ -136,16 +139,16 @@ def rss(a):
     nbytes = sum(f.stat().st_size for f in d.glob('*.jsonl'))
     code = ("import sys, time; sys.path.insert(0, '.'); from bench.data_scale import smol; from llmlite.store import tokenize; "
             f"t = time.time(); s = tokenize({str(d)!r}, smol(), {str(out)!r}, workers={a.workers}); print(len(s), time.time() - t)")
-    subprocess.run(['rm', '-rf', str(out)], check=True)
+    if not a.reuse: subprocess.run(['rm', '-rf', str(out)], check=True)   # --reuse: a complete store is read as it is (tokenize returns at once)
     peak, dt, o = _watch([sys.executable, '-c', code], a.limit)
     if o is None:
         idx = json.loads((out/'index.json').read_text()) if (out/'index.json').exists() else dict(tokens=0, next=[0, 0])
         print(f"tokenize {nbytes / 2**30:.2f} GB: stopped after {dt:.0f}s (--limit) with {idx['tokens']:,} tokens in finished shards, "
-              f"{idx['next'][0]} of {len(list(d.glob('*.jsonl')))} files done; peak RSS (process tree) {peak / 2**20:,.0f} MiB  load {load()}")
+              f"{idx['next'][0]} of {len(list(d.glob('*.jsonl')))} files done; peak RSS (process tree) {_mib(peak)}  load {load()}")
         return
     ntok, tt = o.split()[-2:]
-    print(f"tokenize {nbytes / 2**30:.2f} GB: {int(ntok):,} tokens in {float(tt):.0f}s ({int(ntok) / float(tt):,.0f} tok/s, {nbytes / 2**20 / float(tt):.2f} MB/s), "
-          f"peak RSS (process tree) {peak / 2**20:,.0f} MiB  load {load()}")
+    print(f"{'(--reuse: a complete store, opened, nothing tokenized) ' * a.reuse}tokenize {nbytes / 2**30:.2f} GB: {int(ntok):,} tokens in {float(tt):.0f}s ({int(ntok) / float(tt):,.0f} tok/s, {nbytes / 2**20 / float(tt):.2f} MB/s), "
+          f"peak RSS (process tree) {_mib(peak)}  load {load()}")
     code = ("import sys, time; sys.path.insert(0, '.'); from bench.data_scale import smol; from llmlite.store import store_data; "
             f"dl = store_data({str(out)!r}, smol(), seq_len=2048, bs=8, seed=0); dl.steps = {a.steps}; ts = []\n"
             f"for k in range({a.steps}):\n t = time.perf_counter(); b = dl.batch(k * 97); ts.append(time.perf_counter() - t)\n"
@@ -153,7 +156,25 @@ def rss(a):
     peak, dt, o = _watch([sys.executable, '-c', code])
     med, q1, q3 = map(float, o.split()[-3:])
     print(f"loader over the store: {a.steps} batches of 8 x 2048 (steps far apart, pages cold): median {med * 1e3:.2f} ms/batch "
-          f"(quartiles {q1 * 1e3:.2f}-{q3 * 1e3:.2f}), peak RSS {peak / 2**20:,.0f} MiB  load {load()}")
+          f"(quartiles {q1 * 1e3:.2f}-{q3 * 1e3:.2f}), peak RSS {_mib(peak)}  load {load()}")
+    code = ("import sys, time, torch; sys.path.insert(0, '.'); from bench.data_scale import smol; from llmlite.store import store_data; "
+            "from llmlite.loading import load; from llmlite.cli import default_model; from llmlite.core import native_bf16\n"
+            f"dl = store_data({str(out)!r}, smol(), seq_len=2048, bs=1, seed=0); dl.steps = 4; m, _ = load(default_model()); m.train(); ts = []\n"
+            "for k in range(4):\n"
+            " b = dl.batch(k); x, y = b['input_ids'], b['labels']; keep = torch.zeros_like(y, dtype=torch.bool); keep[:, :-1] = y[:, 1:] != -100\n"
+            " t = time.perf_counter()\n"
+            " with torch.autocast('cpu', torch.bfloat16, enabled=native_bf16('cpu')): loss = m(x, doc_ids=b['doc_ids'], keep=keep, targets=y[:, 1:][keep[:, :-1]])\n"
+            " loss.backward(); m.zero_grad(set_to_none=True); ts.append(time.perf_counter() - t)\n"
+            "ts = sorted(ts[1:]); print(ts[1], ts[0], ts[-1])")
+    peak, _, o = _watch([sys.executable, '-c', code])
+    st, lo, hi = map(float, o.split()[-3:])
+    print(f"a training step beside it: SmolLM2-135M, every weight trained, one row of 2048 from the same store, forward + backward"
+          f"{' under bf16 autocast' if _bf16() else ''}: median {st * 1e3:,.0f} ms (range {lo * 1e3:,.0f}-{hi * 1e3:,.0f}) over 3 after a warm-up; "
+          f"per token the loader takes {med / (8 * 2048) / (st / 2048):.1e} of a step; peak RSS of that run {_mib(peak)}  load {load()}")
+
+def _bf16():
+    from llmlite.core import native_bf16
+    return native_bf16('cpu')
 
 def pack(a):
     "Time of packing one document of 1, 5 and 20 MB of text (`make_rows`, stream packing, rows of 2048)."
@@ -170,8 +191,8 @@ def pack(a):
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(); ap.add_argument('what', choices=['corpus', 'pack', 'speed', 'rss'])
     ap.add_argument('--gb', type=float, default=2.); ap.add_argument('--mb', type=int, default=64)
-    ap.add_argument('--rounds', type=int, default=3); ap.add_argument('--workers', type=int, default=2); ap.add_argument('--steps', type=int, default=200)
-    ap.add_argument('--limit', type=float, default=None)
+    ap.add_argument('--rounds', type=int, default=3); ap.add_argument('--workers', type=int, default=0); ap.add_argument('--steps', type=int, default=200)
+    ap.add_argument('--limit', type=float, default=None); ap.add_argument('--reuse', action='store_true')
     a = ap.parse_args()
     if a.what == 'corpus': corpus(a.gb)
     else: globals()[a.what](a)
