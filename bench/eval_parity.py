@@ -10,8 +10,10 @@ normalisation (sum, per character, per token; greedy match for LAMBADA), the lar
 (absolute, relative, and per token), accuracies, a float64 control on the examples that differ most (llmlite's model in
 float64 against both float32 results, which says how much of the difference is float32 rounding on either side),
 and the time of each side, run alternately (which side goes first alternates), with the load average.
-With `--dtype float64` both models run in float64 (the control is then llmlite itself): the log-likelihood differences
-left are the engines' own, not float32 rounding.
+With `--dtype float64` llmlite runs in float64 and transformers' model is made in float64 (the control is then llmlite
+itself): float32 rounding leaves llmlite's side, while transformers still computes in float32 whatever its dtype: the matmuls over
+the GGUF file's weights (transformers 5 keeps them packed, its kernels cast each matmul's input and output), its RMSNorm and its
+rotary angles.
 
     nice python bench/eval_parity.py --n 200 --n5 200       # the full run
     nice python bench/eval_parity.py --n 40 --n5 20 --tasks piqa,lambada_openai
