@@ -134,7 +134,8 @@ def _watch(cmd, limit=None):
     return peak, time.time() - t, out
 
 def rss(a):
-    "Peak RSS of tokenizing the corpus (all worker processes included) and of a loader run over the store it makes."
+    "Peak RSS of tokenizing the corpus (all worker processes included) and of a loader run over the store it makes; a training step's time beside the loader's."
+    from llmlite.core import native_bf16
     d = corpus(a.gb); out = CACHE/f"store-{a.gb:g}gb"
     nbytes = sum(f.stat().st_size for f in d.glob('*.jsonl'))
     code = ("import sys, time; sys.path.insert(0, '.'); from bench.data_scale import smol; from llmlite.store import tokenize; "
@@ -147,8 +148,9 @@ def rss(a):
               f"{idx['next'][0]} of {len(list(d.glob('*.jsonl')))} files done; peak RSS (process tree) {_mib(peak)}  load {load()}")
         return
     ntok, tt = o.split()[-2:]
-    print(f"{'(--reuse: a complete store, opened, nothing tokenized) ' * a.reuse}tokenize {nbytes / 2**30:.2f} GB: {int(ntok):,} tokens in {float(tt):.0f}s ({int(ntok) / float(tt):,.0f} tok/s, {nbytes / 2**20 / float(tt):.2f} MB/s), "
-          f"peak RSS (process tree) {_mib(peak)}  load {load()}")
+    if a.reuse: print(f"--reuse: the complete store {out} ({int(ntok):,} tokens) opened, nothing tokenized; peak RSS {_mib(peak)}")
+    else: print(f"tokenize {nbytes / 2**30:.2f} GB: {int(ntok):,} tokens in {float(tt):.0f}s ({int(ntok) / float(tt):,.0f} tok/s, {nbytes / 2**20 / float(tt):.2f} MB/s), "
+                f"peak RSS (process tree) {_mib(peak)}  load {load()}")
     code = ("import sys, time; sys.path.insert(0, '.'); from bench.data_scale import smol; from llmlite.store import store_data; "
             f"dl = store_data({str(out)!r}, smol(), seq_len=2048, bs=8, seed=0); dl.steps = {a.steps}; ts = []\n"
             f"for k in range({a.steps}):\n t = time.perf_counter(); b = dl.batch(k * 97); ts.append(time.perf_counter() - t)\n"
@@ -169,12 +171,8 @@ def rss(a):
     peak, _, o = _watch([sys.executable, '-c', code])
     st, lo, hi = map(float, o.split()[-3:])
     print(f"a training step beside it: SmolLM2-135M, every weight trained, one row of 2048 from the same store, forward + backward"
-          f"{' under bf16 autocast' if _bf16() else ''}: median {st * 1e3:,.0f} ms (range {lo * 1e3:,.0f}-{hi * 1e3:,.0f}) over 3 after a warm-up; "
+          f"{' under bf16 autocast' if native_bf16('cpu') else ''}: median {st * 1e3:,.0f} ms (range {lo * 1e3:,.0f}-{hi * 1e3:,.0f}) over 3 after a warm-up; "
           f"per token the loader takes {med / (8 * 2048) / (st / 2048):.1e} of a step; peak RSS of that run {_mib(peak)}  load {load()}")
-
-def _bf16():
-    from llmlite.core import native_bf16
-    return native_bf16('cpu')
 
 def pack(a):
     "Time of packing one document of 1, 5 and 20 MB of text (`make_rows`, stream packing, rows of 2048)."
