@@ -133,6 +133,7 @@ class Finetune:
     bs:int = 8                   # sequences per step
     steps:int = 40               # optimizer steps
     lr:float = 1e-3              # peak learning rate
+    precision:Literal['auto', 'bf16', 'fp32'] = 'auto' # compute: bf16 autocast where the processor multiplies bf16 natively (auto), always, or fp32
     eval_n:int = 40              # held-out examples to score before and after
     out:str = 'out/finetune'     # output directory: checkpoints (re-running resumes), metrics, samples, the adapter
     seed:int = 0                 # seed of the data order and the adapter's initialisation

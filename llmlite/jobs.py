@@ -88,7 +88,7 @@ def _finetune(o:Finetune, sharded:bool) -> dict:
         shard(model)
         say(f"sharded over {world()} ranks ({dist.get_backend()})", flush=True)
     prompts = [r['messages'][:-1] for r in recs] if o.format == 'chat' else None
-    learn = Learner(model, data, lr=o.lr, path=o.out, tok=tok, prompts=prompts, sample_every=max(1, o.steps // 2) if prompts else None)
+    learn = Learner(model, data, lr=o.lr, precision=o.precision, path=o.out, tok=tok, prompts=prompts, sample_every=max(1, o.steps // 2) if prompts else None)
     learn.fit(steps=o.steps)
     model.eval()
     after = score()
