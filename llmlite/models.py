@@ -12,7 +12,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from fastcore.basics import patch
 from .core import LLMLiteError, check
 from .attention import RMSNorm, rope_freqs, rope_cos_sin, apply_rope, alibi_slopes, alibi_bias, attn_mask, attend, KVCache
-from .packed import BLOCK_ROWS, PackedTensor, join_rows, packed_mm
+from .packed import PackedTensor, join_error, join_rows, packed_mm
 from .cache import CacheConfig, Cache, layer_budgets
 
 # %% auto #0
@@ -355,7 +355,7 @@ def join_packed(model:nn.Module) -> nn.Module:
         for names in {Attention: [('wq', 'wk', 'wv')], MLP: [('gate', 'up')] if hasattr(m, 'gate') else []}.get(type(m), []):
             ls = [getattr(m, n) for n in names]
             if not all(type(l) is nn.Linear and isinstance(l.weight, PackedTensor) for l in ls): continue
-            if len({(l.weight.fmt, len(l.weight.terms), l.weight.dtype, l.bias is None) for l in ls}) > 1 or any(l.weight.shape[0] % BLOCK_ROWS for l in ls[:-1]): continue
+            if len({l.bias is None for l in ls}) > 1 or join_error([l.weight for l in ls]): continue
             w, views = join_rows([l.weight for l in ls])
             for l, v in zip(ls, views): l.weight = nn.Parameter(v, requires_grad=False)
             b = None if ls[0].bias is None else torch.cat([l.bias for l in ls])

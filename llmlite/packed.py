@@ -14,7 +14,7 @@ from .formats import GGUFFile
 
 # %% auto #0
 __all__ = ['PACKED_ROWS', 'BLOCK_ROWS', 'PACKABLE', 'pack_int4', 'unpack_int4', 'PackedTensor', 'packed_mm', 'packed_linear',
-           'join_rows', 'from_blocks', 'packed_gguf']
+           'join_error', 'join_rows', 'from_blocks', 'packed_gguf']
 
 # %% ../nbs/03_packed.ipynb #90247448
 _mm, _pack = torch.ops.aten._weight_int4pack_mm_for_cpu, torch.ops.aten._convert_weight_to_int4pack_for_cpu
@@ -28,21 +28,26 @@ def pack_int4(q:torch.Tensor, # codes (N, K) in 0..15
     check(N % 32 == 0 and K % 2 == 0, f"int4 packing needs rows in multiples of 32 and an even row length, got {N}×{K}")
     return _pack(q.int().contiguous(), 1), torch.stack([s.t(), z.t()], -1).to(torch.bfloat16).contiguous()
 
+def _whole(p, B:int):
+    "Codes of packed rows that fill whole blocks of `B` rows: row r sits in block r//B, lane r%(B/2), low nibble when r%B < B/2."
+    n, K = p.shape[0], p.shape[1] * 2
+    v = p.reshape(n // B, K, B // 2)
+    return torch.cat([v & 15, v >> 4], -1).transpose(1, 2).reshape(n, K)
+
 def _block_rows() -> int:
     "Rows per block of torch's packed layout on this CPU: 64 where its kernel is built for AVX-512, else 32 (read off a packed probe)."
     q = torch.randint(0, 16, (64, 2), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
-    v = _pack(q, 1).view(1, 2, 32)
-    return 64 if torch.equal(torch.cat([v & 15, v >> 4], -1).transpose(1, 2).reshape(64, 2).int(), q) else 32
+    return 64 if torch.equal(_whole(_pack(q, 1), 64).int(), q) else 32
 
 BLOCK_ROWS = _block_rows()   # a packed matrix cut or joined by rows keeps its layout only at multiples of this
 
 def _codes(p, rows=None):
-    "Codes (N or len(rows), K) of packed `p`: row r of the whole blocks sits in block r//B, lane r%(B/2), low nibble when r%B < B/2 (B = `BLOCK_ROWS`); a last 32 rows short of a 64-row block hold rows 2j and 2j+1 in byte j of each column."
+    "Codes (N or len(rows), K) of packed `p`: whole blocks of `BLOCK_ROWS` as `_whole` reads them; a last 32 rows short of a 64-row block hold rows 2j and 2j+1 in byte j of each column."
     B, N, K = BLOCK_ROWS, p.shape[0], p.shape[1] * 2
     full = N // B * B
-    v, t = p[:full].reshape(full // B, K, B // 2), p[full:].reshape(K, (N - full) // 2)
-    if rows is None: return torch.cat([torch.cat([v & 15, v >> 4], -1).transpose(1, 2).reshape(full, K), torch.stack([t & 15, t >> 4], -1).reshape(K, N - full).t()])
-    out, h = torch.empty(len(rows), K, dtype=torch.uint8), rows < full
+    t = p[full:].reshape(K, (N - full) // 2)
+    if rows is None: return torch.cat([_whole(p[:full], B), torch.stack([t & 15, t >> 4], -1).reshape(K, N - full).t()])
+    v, out, h = p[:full].reshape(full // B, K, B // 2), torch.empty(len(rows), K, dtype=torch.uint8), rows < full
     r, j = rows[h], rows[~h] - full
     out[h] = ((v[r // B, :, r % (B // 2)] >> (4 * (r % B // (B // 2)))[:, None]) & 15).to(out.dtype)
     out[~h] = ((t[:, j // 2] >> (4 * (j % 2))) & 15).t().to(out.dtype)
@@ -119,11 +124,16 @@ def row_views(self:PackedTensor, sizes:list) -> list:
           f"row blocks {sizes} must be multiples of 32 rows adding up to {self.shape[0]}, each but the last ending at a multiple of {BLOCK_ROWS} rows (torch's packed blocks on this CPU)")
     return [PackedTensor([(p[a:b], sz[:, a:b]) for p, sz in self.terms], self.fmt, (b - a, self.shape[1]), self.dtype) for a, b in zip([0] + ends, ends)]
 
+def join_error(ws:list) -> str|None:
+    "Why packed `ws` cannot be joined by `join_rows`, or None."
+    w0 = ws[0]
+    if any((w.fmt, w.shape[1], len(w.terms), w.dtype) != (w0.fmt, w0.shape[1], len(w0.terms), w0.dtype) for w in ws): return f"join_rows: {ws} differ in format, width, terms or dtype"
+    if any(w.shape[0] % BLOCK_ROWS for w in ws[:-1]): return f"join_rows: {ws} have rows that are not multiples of {BLOCK_ROWS} before the last (torch's packed blocks on this CPU)"
+
 def join_rows(ws:list) -> tuple:
     "(one `PackedTensor` of the rows of packed `ws` in turn, `ws` again as views of its rows): the weights are held once."
-    w0 = ws[0]
-    check(all((w.fmt, w.shape[1], len(w.terms), w.dtype) == (w0.fmt, w0.shape[1], len(w0.terms), w0.dtype) for w in ws), f"join_rows: {ws} differ in format, width, terms or dtype")
-    check(all(w.shape[0] % BLOCK_ROWS == 0 for w in ws[:-1]), f"join_rows: {ws} have rows that are not multiples of {BLOCK_ROWS} before the last (torch's packed blocks on this CPU)")
+    err, w0 = join_error(ws), ws[0]
+    check(err is None, err)
     terms = [(torch.cat([w.terms[j][0] for w in ws]), torch.cat([w.terms[j][1] for w in ws], 1)) for j in range(len(w0.terms))]
     j = PackedTensor(terms, w0.fmt, (sum(w.shape[0] for w in ws), w0.shape[1]), w0.dtype)
     return j, j.row_views([w.shape[0] for w in ws])
