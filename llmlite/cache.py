@@ -31,7 +31,7 @@ class CacheConfig:
     sinks:int=4          # first tokens always kept (attention sinks)
     recent:int=32        # latest tokens always kept
     obs:int=32           # observation window: the last queries of a chunk, whose attention scores its keys (SnapKV)
-    pool:int=7           # width of the average pooling that smooths a prompt's scores over neighbours (SnapKV); 1: none
+    pool:int=8           # a prompt key's score is the largest of its own and the `pool - 1` keys' before it (decoding reads on from what was found); 1: none
     decay:float=1.       # heavy: 1 sums all attention a key received (H2O); below 1 forgets old attention (a window of ~1/(1-decay) steps)
     recover:float=.95    # hybrid: a head takes the first of window, l2, heavy whose kept set holds this share of its attention
     group:int=32         # quantization group along head_dim
@@ -166,11 +166,9 @@ def attend(self:Cache, i:int, q, k, v, mask=None, window=None, scale=None, alibi
 # %% ../nbs/06_cache.ipynb #10f7de3f
 @patch
 def _pool(self:Cache, a, pos):
-    "Average `a` (B, H, S) over `pool` neighbouring positions (slots are not in position order after evictions)."
-    o = pos.argsort(-1)
-    x = a.gather(-1, o)
-    p = self.cfg.pool
-    x = F.avg_pool1d(x.flatten(0, 1)[:, None], p, 1, p // 2, count_include_pad=False).view_as(x)
+    "Each of `a` (B, H, S) raised to the largest over the `pool - 1` keys before it in position (slots are not in position order after evictions)."
+    o, p = pos.argsort(-1), self.cfg.pool
+    x = F.max_pool1d(F.pad(a.gather(-1, o).flatten(0, 1)[:, None], (p - 1, 0)), p, 1).view_as(o)
     return torch.empty_like(a).scatter_(-1, o, x)
 
 @patch
