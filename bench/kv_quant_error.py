@@ -1,7 +1,7 @@
 """Where 4-bit KV-cache error comes from: the KL divergence of SmolLM2-135M-Instruct's next-token distribution at the end of
 2k-token prompts of bench/kv_compress.py's suite (seed 2, 8 prompts) when only the keys or only the values are rounded to
 4 (or 2) bits, per token in groups along head_dim (as llmlite.cache stores them) or per channel over groups of 32 tokens
-(KIVI's layout for keys), against the unrounded cache. The rounding is simulated: rounded values are stored in 16 bits.
+(KIVI's layout for keys), or per token after an equalizing per-channel pre-scale, against the unrounded cache. The rounding is simulated: rounded values are stored in 16 bits.
 
 Usage: python bench/kv_quant_error.py
 """
@@ -21,14 +21,17 @@ def fq_chan(x, b, g):   # per channel over groups of g tokens (B, H, T, D)
     y = y.view(B, H, -1, g, D).transpose(-1, -2)           # (B,H,T/g,D,g)
     y = fq_tok(y.contiguous(), b, g).transpose(-1, -2).reshape(B, H, -1, D)
     return y[:, :, :T]
+def fq_eq(x, b, g):     # per token, after dividing each channel by its largest magnitude over the prompt (an equalizing pre-scale)
+    c = x.abs().amax(2, keepdim=True).clamp(min=1e-6)
+    return fq_tok(x / c, b, g) * c
 orig = Cache._store
 def variant(kf, vf):
     def _store(self, i, k, v): return orig(self, i, kf(k), vf(v))
     return _store
 ident = lambda x: x
-V = {'k4tok32': (lambda x: fq_tok(x, 4, 32), ident), 'k4tok16': (lambda x: fq_tok(x, 4, 16), ident), 'k4chan32': (lambda x: fq_chan(x, 4, 32), ident),
+V = {'k4tok32': (lambda x: fq_tok(x, 4, 32), ident), 'k4tok16': (lambda x: fq_tok(x, 4, 16), ident), 'k4chan32': (lambda x: fq_chan(x, 4, 32), ident), 'k4eq32': (lambda x: fq_eq(x, 4, 32), ident),
      'v4tok32': (ident, lambda x: fq_tok(x, 4, 32)), 'v4tok16': (ident, lambda x: fq_tok(x, 4, 16)),
-     'k4chan32+v4tok32': (lambda x: fq_chan(x, 4, 32), lambda x: fq_tok(x, 4, 32)), 'k4chan32+v4tok16': (lambda x: fq_chan(x, 4, 32), lambda x: fq_tok(x, 4, 16)),
+     'k4tok32+v4tok32': (lambda x: fq_tok(x, 4, 32), lambda x: fq_tok(x, 4, 32)), 'k4chan32+v4tok32': (lambda x: fq_chan(x, 4, 32), lambda x: fq_tok(x, 4, 32)), 'k4chan32+v4tok16': (lambda x: fq_chan(x, 4, 32), lambda x: fq_tok(x, 4, 16)),
      'k2chan32+v2tok16': (lambda x: fq_chan(x, 2, 32), lambda x: fq_tok(x, 2, 16))}
 ref = {}
 with torch.no_grad():
