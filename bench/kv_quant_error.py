@@ -1,7 +1,8 @@
 """Where 4-bit KV-cache error comes from: the KL divergence of SmolLM2-135M-Instruct's next-token distribution at the end of
-2k-token prompts of bench/kv_compress.py's suite (seed 2, 8 prompts) when only the keys or only the values are rounded to
-4 (or 2) bits, per token in groups along head_dim (as llmlite.cache stores them) or per channel over groups of 32 tokens
-(KIVI's layout for keys), or per token after an equalizing per-channel pre-scale, against the unrounded cache. The rounding is simulated: rounded values are stored in 16 bits.
+2k-token prompts of bench/kv_compress.py's suite (seed 2, 8 prompts) when the keys, the values or both are rounded to
+4 (or 2) bits: per token in groups along head_dim (as llmlite.cache stores them), per channel over groups of 32 tokens
+(KIVI's layout for keys), or per token after an equalizing per-channel pre-scale; against the unrounded cache. The
+rounding is simulated: rounded values are stored in 16 bits.
 
 Usage: python bench/kv_quant_error.py
 """
