@@ -100,9 +100,11 @@ def cache_bytes(model, n_tokens, cfg):
 STRATS = ('window', 'heavy', 'l2', 'random', 'hybrid')
 CONFIGS = ([('full', 1.0, 16, None)] + [c for b, bits in ((.25, 4), (.1, 8), (.5, 2)) for c in
            [(s, b, 16, CacheConfig(s, b)) for s in STRATS] + [('full', 1.0, bits, CacheConfig('full', bits=bits))]]   # the 25 % budget first
-           + [('full', 1.0, 4, CacheConfig('full', bits=4, group=16)), ('heavy', .25, 4, CacheConfig('heavy', .25, bits=4))])
+           + [('full', 1.0, 4, CacheConfig('full', bits=4, group=16)), ('heavy', .25, 4, CacheConfig('heavy', .25, bits=4))]
+           + [('full', 1.0, 4, CacheConfig('full', bits=4, recent=0)), ('full', 1.0, 4, CacheConfig('full', bits=4, group=16, recent=0))])   # no unrounded ring
 
 def group(cfg): return cfg.group if cfg is not None and cfg.bits < 16 else None
+def ring(cfg): return cfg.recent if cfg is not None and cfg.bits < 16 else None
 
 def window_state(full:dict, n_layers:int, L:int, caps:list, cfg:CacheConfig) -> dict:
     "A compressed cache's state built from a full cache's (sinks + latest tokens of each layer), to time decoding without a second long prefill."
@@ -112,6 +114,9 @@ def window_state(full:dict, n_layers:int, L:int, caps:list, cfg:CacheConfig) -> 
         k, v = full[f'k.{i}'][:, :, keep], full[f'v.{i}'][:, :, keep]
         kv = dict(k=k, v=v) if cfg.bits == 16 else {n + x: t for n, y in (('k', k), ('v', v)) for x, t in zip(('', 's', 'z'), quantize_kv(y, cfg.bits, cfg.group))}
         H = k.shape[1]
+        if cfg.bits < 16:
+            R = min(cfg.recent, L); p = torch.arange(L - R, L)
+            out |= {f'ring{n}.{i}': full[f'{n}.{i}'][:, :, p[torch.argsort(p % R)]] for n in 'kv'}
         out |= {f'{x}.{i}': t for x, t in kv.items()} | {f'pos.{i}': keep.int().expand(1, H, -1).clone(), f'score.{i}': keep.float().expand(1, H, -1).clone(),
                                                           f'kind.{i}': torch.full((1, H), WINDOW)}
     return out
@@ -141,34 +146,34 @@ def accuracy(model, tok, lengths, n, cfgs, out):
     ex = suite(tok, lengths, n)
     print(f"suite: {len(ex)} examples, prompt tokens {min(len(e[2]) for e in ex)}..{max(len(e[2]) for e in ex)}", flush=True)
     t0 = time.perf_counter()
-    done = {(r['strategy'], r['budget'], r['bits'], r['group']) for f in out.parent.glob('acc*.jsonl') for r in map(json.loads, f.read_text().splitlines())}
+    done = {(r['strategy'], r['budget'], r['bits'], r['group'], r['ring']) for f in out.parent.glob('acc*.jsonl') for r in map(json.loads, f.read_text().splitlines())}
     for strat, budget, bits, cfg in cfgs:
-        if (strat, budget, bits, group(cfg)) in done: continue     # measured by an earlier (interrupted) run
+        if (strat, budget, bits, group(cfg), ring(cfg)) in done: continue     # measured by an earlier (interrupted) run
         acc = {}
         for task, L, ids, ans in ex: acc.setdefault(task, []).append(score(run(model, tok, ids, cfg, NEW[task]), ans))
-        r = dict(strategy=strat, budget=budget, bits=bits, group=group(cfg), acc={k: sum(v) / len(v) for k, v in acc.items()}, mem_4k=cache_bytes(model, 4096, cfg))
+        r = dict(strategy=strat, budget=budget, bits=bits, group=group(cfg), ring=ring(cfg), acc={k: sum(v) / len(v) for k, v in acc.items()}, mem_4k=cache_bytes(model, 4096, cfg))
         r['mean'] = sum(r['acc'].values()) / len(r['acc'])
         with open(out, 'a') as f: f.write(json.dumps(r) + '\n')
-        print(f"{strat:>8} {budget:>4.0%} {bits:>2}b{'' if group(cfg) is None else f'/g{group(cfg)}'}  " + '  '.join(f"{k} {v:.2f}" for k, v in r['acc'].items()) +
+        print(f"{strat:>8} {budget:>4.0%} {bits:>2}b{'' if group(cfg) is None else f'/g{group(cfg)} ring {ring(cfg)}'}  " + '  '.join(f"{k} {v:.2f}" for k, v in r['acc'].items()) +
               f"  mean {r['mean']:.3f}  ({time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f})", flush=True)
 
 def report(out):
     "The table, the plot and the targets from the shards' results."
     rows = [json.loads(l) for f in sorted(out.glob('acc*.jsonl')) for l in f.read_text().splitlines()]
-    key = lambda r: (r['strategy'] != 'full', r['strategy'], -r['budget'], -r['bits'], -(r['group'] or 0))
+    key = lambda r: (r['strategy'] != 'full', r['strategy'], -r['budget'], -r['bits'], -(r['group'] or 0), -(r['ring'] or 0))
     rows.sort(key=key)
     full = next(r for r in rows if r['strategy'] == 'full' and r['bits'] == 16)
     f = full['mean']
     print(f"| strategy | budget | bits | " + ' | '.join(TASKS) + " | mean | vs full | cache @4k tokens (MiB) |")
     print('|---|---|---|' + '---|' * (len(TASKS) + 3))
     for r in rows:
-        bits = str(r['bits']) + ('' if r['group'] is None else ' (group %d)' % r['group'])
+        bits = str(r['bits']) + ('' if r['group'] is None else ' (group %d, ring %d)' % (r['group'], r['ring']))
         print(f"| {r['strategy']} | {r['budget']:.0%} | {bits} | " + ' | '.join(f"{r['acc'][k]:.2f}" for k in TASKS) +
               f" | {r['mean']:.3f} | {r['mean'] / f if f else float('nan'):.2f} | {r['mem_4k'] / 2**20:.2f} ({r['mem_4k'] / full['mem_4k']:.3f}x) |")
     best = max((r for r in rows if r['budget'] == .25 and r['bits'] == 16), key=lambda r: r['mean'])
     print(f"\ntarget: best at 25% ({best['strategy']}) keeps {best['mean'] / f:.0%} of full accuracy (>= 90%: {'met' if best['mean'] >= .9 * f else 'MISSED'})")
     for q4 in (r for r in rows if r['strategy'] == 'full' and r['bits'] == 4):
-        print(f"target: 4-bit (group {q4['group']}) at full budget loses {100 * (f - q4['mean']):.1f} points (<= 1: {'met' if f - q4['mean'] <= .01 else 'MISSED'})")
+        print(f"target: 4-bit (group {q4['group']}, ring {q4['ring']}) at full budget loses {100 * (f - q4['mean']):.1f} points (<= 1: {'met' if f - q4['mean'] <= .01 else 'MISSED'})")
     sp = out/'speed.json'
     if sp.exists():
         sp = json.loads(sp.read_text())

@@ -29,7 +29,7 @@ class CacheConfig:
     bits:int=16          # 16 (the model's dtype), or 8, 4, 2 with a scale and a zero per group
     shape:str='flat'     # per-layer budgets: flat, pyramid (more in early layers), funnel (more in late layers)
     sinks:int=4          # first tokens always kept (attention sinks)
-    recent:int=32        # latest tokens always kept
+    recent:int=32        # latest tokens always kept, and unrounded in a cache of under 16 bits
     obs:int=32           # observation window: the last queries of a chunk, whose attention scores its keys (SnapKV)
     pool:int=8           # a prompt key's score is the largest of its own and the `pool - 1` keys' before it (decoding reads on from what was found); 1: none
     decay:float=1.       # heavy: 1 sums all attention a key received (H2O); below 1 forgets old attention (a window of ~1/(1-decay) steps)
@@ -89,13 +89,15 @@ class Cache:
         self.kind = [torch.full((bs, n_kv_heads), _KINDS[cfg.strategy], device=device) for _ in caps]
         self.t = [self._empty(bs, n_kv_heads, head_dim, min(c + 1, max_len), device) for c in caps]
         self.n = [0] * len(caps)
+        R = min(cfg.recent, max_len) if cfg.bits < 16 else 0
+        self.r = [dict(k=torch.zeros(bs, n_kv_heads, R, head_dim, dtype=dtype, device=device), v=torch.zeros(bs, n_kv_heads, R, head_dim, dtype=dtype, device=device)) for _ in caps] if R else []
         self.gen = torch.Generator(device or 'cpu').manual_seed(cfg.seed)
 
     @property
     def max_len(self): return self.valid.shape[1]
 
     @property
-    def nbytes(self): return sum(t.numel() * t.element_size() for st in self.t for t in st.values())
+    def nbytes(self): return sum(t.numel() * t.element_size() for st in self.t + self.r for t in st.values())
 
     def _empty(self, B, H, D, S, device):
         "Empty slots of one layer: keys and values (or codes, scales, zeros), positions (-1: empty) and scores."
@@ -108,8 +110,12 @@ class Cache:
 # %% ../nbs/06_cache.ipynb #23e73fae
 @patch
 def _store(self:Cache, i:int, k, v):
-    "The stored form of layer `i`'s new keys/values (B, H, T, D): values or codes, positions, first scores."
+    "The stored form of layer `i`'s new keys/values (B, H, T, D): values or codes, positions, first scores. The latest `recent` also go unrounded into the layer's ring."
     B, H, T, _ = k.shape
+    if self.r:
+        r, m = self.r[i], min(T, self.r[i]['k'].shape[2])
+        j = torch.arange(self.pos + T - m, self.pos + T, device=k.device) % r['k'].shape[2]
+        r['k'][:, :, j], r['v'][:, :, j] = k[:, :, -m:].to(self.dtype), v[:, :, -m:].to(self.dtype)
     pos = torch.arange(self.pos, self.pos + T, device=k.device, dtype=torch.int32).expand(B, H, T)
     kv = dict(k=k, v=v) if self.cfg.bits == 16 else {
         n + x: t for n, y in (('k', k), ('v', v)) for x, t in zip(('', 's', 'z'), quantize_kv(y, self.cfg.bits, self.cfg.group))}
@@ -118,10 +124,16 @@ def _store(self:Cache, i:int, k, v):
     return kv | dict(pos=pos, score=score)
 
 @patch
-def _kv(self:Cache, st:dict):
-    "Keys and values (B, H, S, D) in the model's dtype from stored slots `st`."
+def _kv(self:Cache, i:int, st:dict, end:int):
+    "Keys and values (B, H, S, D) in the model's dtype from layer `i`'s stored slots `st`; those of the latest `recent` positions before `end` unrounded, from the ring."
     if self.cfg.bits == 16: return st['k'], st['v']
-    return tuple(dequantize_kv(st[n], st[n + 's'], st[n + 'z'], self.cfg.bits, self.dtype) for n in 'kv')
+    kv = [dequantize_kv(st[n], st[n + 's'], st[n + 'z'], self.cfg.bits, self.dtype) for n in 'kv']
+    if self.r:
+        r, p = self.r[i], st['pos']
+        R = r['k'].shape[2]
+        b, h, j = (p >= max(end - R, 0)).nonzero(as_tuple=True)     # the few slots holding the latest positions
+        for x, n in zip(kv, 'kv'): x[b, h, j] = r[n][b, h, p[b, h, j].long() % R]
+    return tuple(kv)
 
 # %% ../nbs/06_cache.ipynb #a9146e55
 @patch
@@ -148,7 +160,7 @@ def attend(self:Cache, i:int, q, k, v, mask=None, window=None, scale=None, alibi
     if fits:
         for x, t in st.items(): t[:, :, n:n + T] = new[x]
     cur = {x: t[:, :, :n + T] if fits else torch.cat([t[:, :, :n], new[x]], 2) for x, t in st.items()}
-    kk, vv = self._kv(cur)
+    kk, vv = self._kv(i, cur, self.pos + T)
     q_idx = torch.arange(self.pos, self.pos + T, device=q.device)
     need = self.cfg.strategy in ('heavy', 'hybrid') and cap < self.max_len
     if n == self.pos:    # nothing evicted yet: slots are positions, the model's mask holds
@@ -214,22 +226,24 @@ def _evict(self:Cache, i:int, cur:dict, kk, w, T:int, fits:bool):
 # %% ../nbs/06_cache.ipynb #f863aadd
 @patch
 def state(self:Cache) -> dict:
-    "The kept tensors of every layer and each head's strategy, named for a file."
+    "The kept tensors of every layer, its ring of unrounded latest keys/values and each head's strategy, named for a file."
     return ({f'{x}.{i}': t[:, :, :n].clone() for i, (st, n) in enumerate(zip(self.t, self.n)) for x, t in st.items()}
+            | {f'ring{x}.{i}': t.clone() for i, r in enumerate(self.r) for x, t in r.items()}
             | {f'kind.{i}': k.clone() for i, k in enumerate(self.kind)})
 
 @patch
 def load(self:Cache, state:dict, n_tokens:int):
     "Continue after `n_tokens` tokens from `state` (from `state()` of a cache with the same settings)."
     for i, st in enumerate(self.t):
-        miss = [f'{x}.{i}' for x in [*st, 'kind'] if f'{x}.{i}' not in state]
+        ring = self.r[i] if self.r else {}
+        miss = [f'{x}.{i}' for x in [*st, 'kind', *('ring' + y for y in ring)] if f'{x}.{i}' not in state]
         check(not miss, f"compressed cache state: tensors {', '.join(miss)} missing (was it made with other cache settings?)")
         m = state[f'pos.{i}'].shape[2]
         check(m <= st['pos'].shape[2], f"compressed cache state: layer {i} holds {m} tokens, over this cache's {st['pos'].shape[2]} slots")
-        for x, t in st.items():
-            got, want = tuple(state[f'{x}.{i}'].shape), tuple(t[:, :, :m].shape)
+        for x, t in ({x: t[:, :, :m] for x, t in st.items()} | {'ring' + y: t for y, t in ring.items()}).items():
+            got, want = tuple(state[f'{x}.{i}'].shape), tuple(t.shape)
             check(got[1:] == want[1:] and got[0] in (1, want[0]), f"compressed cache state: tensor {x}.{i} has shape {got}, this cache needs {want} (or one row)")
-            t[:, :, :m] = state[f'{x}.{i}']
+            t[:] = state[f'{x}.{i}']
         self.kind[i][:] = state[f'kind.{i}']
         self.n[i] = m
     self.valid[:, :n_tokens] = True
