@@ -11,7 +11,9 @@ Score per example: the share of the expected answers found in the completion (1/
 Budgets are fractions of each example's sequence (prompt + answer tokens); 100 % at 16 bits is the plain cache (the exactness
 tests show every strategy at 100 %/16 bits equals it, so it is run once). "16 bits" is the model's dtype (fp32 on CPU).
 `--lengths` are haystack sizes in tokens and `--n` the examples per task and length; the reported run is
-`--lengths 1024,2048,4096 --n 2` (24 examples per config) in two shards on a quiet 2-core CPU, about an hour. Decode speed is timed after one real `--speed-len`-token prefill: the compressed caches
+`--lengths 1024,2048,4096 --n 2` (24 examples per config) in shards on a quiet 2-core CPU, about an hour. A config whose
+row is already in `--out` is skipped, so configs added later extend an earlier run. Rows of a quantized cache record its
+`ring` (`CacheConfig.recent`: the latest tokens kept unrounded). Decode speed is timed after one real `--speed-len`-token prefill: the compressed caches
 are built from that full cache's state (its sinks and latest tokens), so no second long prefill is needed; a decoding
 step's cost does not depend on which tokens are kept.
 
@@ -114,7 +116,7 @@ def window_state(full:dict, n_layers:int, L:int, caps:list, cfg:CacheConfig) -> 
         k, v = full[f'k.{i}'][:, :, keep], full[f'v.{i}'][:, :, keep]
         kv = dict(k=k, v=v) if cfg.bits == 16 else {n + x: t for n, y in (('k', k), ('v', v)) for x, t in zip(('', 's', 'z'), quantize_kv(y, cfg.bits, cfg.group))}
         H = k.shape[1]
-        if cfg.bits < 16:
+        if cfg.bits < 16 and cfg.recent:
             R = min(cfg.recent, L); p = torch.arange(L - R, L)
             out |= {f'ring{n}.{i}': full[f'{n}.{i}'][:, :, p[torch.argsort(p % R)]] for n in 'kv'}
         out |= {f'{x}.{i}': t for x, t in kv.items()} | {f'pos.{i}': keep.int().expand(1, H, -1).clone(), f'score.{i}': keep.float().expand(1, H, -1).clone(),
@@ -192,6 +194,7 @@ def main(lengths, n, speed_len, out, shard, parts):
     if 'acc' in parts: accuracy(model, tok, lengths, n, CONFIGS[i::k], out/f'acc{i}.jsonl')
     if 'speed' in parts:
         sp = speed(model, tok, speed_len, [('full', None), ('window 25%', CacheConfig('window', .25)), ('window 25% 4b', CacheConfig('window', .25, bits=4)),
+                                          ('window 25% 4b ring 0', CacheConfig('window', .25, bits=4, recent=0)),
                                           ('heavy 25%', CacheConfig('heavy', .25))])
         (out/'speed.json').write_text(json.dumps(dict(speed=sp, len=speed_len, load=os.getloadavg())))
         print(sp, flush=True)

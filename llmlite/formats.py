@@ -154,6 +154,7 @@ def items(self:SafetensorsFile):
     for k in sorted(self.tensors, key=lambda k: self.tensors[k]['data_offsets'][0]): yield k, self.read(k)
 
 # %% ../nbs/02_formats.ipynb #5def23c2
+_u64 = struct.Struct('<Q')
 _scalars = {0: '<B', 1: '<b', 2: '<H', 3: '<h', 4: '<I', 5: '<i', 6: '<f', 7: '<?', 10: '<Q', 11: '<q', 12: '<d'}
 _qtypes = {int(q) for q in gguf.GGML_QUANT_SIZES}
 
@@ -181,12 +182,21 @@ def _read(self:GGUFFile, fmt):
     return v[0]
 
 @patch
-def _str(self:GGUFFile):
-    n = self._read('<Q'); self._need(n, 'a string')
-    try: s = bytes(self.buf[self.o:self.o + n]).decode('utf-8')
-    except UnicodeDecodeError: raise LLMLiteError(f"{self.path}: the string at byte {self.o} is not UTF-8") from None
-    self.o += n
-    return s
+def _strs(self:GGUFFile, n:int) -> list:
+    "`n` strings in a row, each a u64 length and UTF-8 bytes, read through one memoryview (slicing the memory map itself costs an object per slice)."
+    mv, o, end, out = memoryview(self.buf), self.o, len(self.buf), []
+    for _ in range(n):
+        if end - o < 8: self.o = o; self._need(8, 'a string')
+        m = _u64.unpack_from(mv, o)[0]; o += 8
+        if m > end - o: self.o = o; self._need(m, 'a string')
+        try: out.append(str(mv[o:o + m], 'utf-8'))
+        except UnicodeDecodeError: raise LLMLiteError(f"{self.path}: the string at byte {o} is not UTF-8") from None
+        o += m
+    self.o = o
+    return out
+
+@patch
+def _str(self:GGUFFile): return self._strs(1)[0]
 
 @patch
 def _value(self:GGUFFile, t):
@@ -197,7 +207,7 @@ def _value(self:GGUFFile, t):
     check(it == 8 or it in _scalars, f"{self.path}: unknown GGUF array type {it} at byte {self.o}")
     if it == 8:
         self._need(n * 8, f'an array of {n} strings')    # each string takes at least its 8-byte length
-        return [self._str() for _ in range(n)]
+        return self._strs(n)
     dt = np.dtype(_scalars[it]); self._need(n * dt.itemsize, f'an array of {n} values')
     a = np.frombuffer(self.buf, dt, n, self.o).copy(); self.o += n * dt.itemsize
     return a.tolist()
