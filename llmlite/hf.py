@@ -406,7 +406,7 @@ def gguf_items(g:GGUFFile, cfg:Config, packed:bool=False, dtype=torch.float32):
         check(name is not None, f"{g.path}: unexpected tensor {t!r} for a {cfg.arch} model")
         nh = (cfg.n_heads if '.wq.' in name else cfg.n_kv_heads) if cfg.arch == 'llama' and name.endswith(('attn.wq.weight', 'attn.wk.weight')) else None
         try:
-            if packed and qt in PACKABLE and len(shape) == 2 and shape[0] % 32 == 0:
+            if packed and qt in PACKABLE and len(shape) == 2:
                 w = packed_gguf(g, t, None if nh is None else unpermute(torch.arange(shape[0]), nh), dtype)
             else:
                 w = g.get(t)

@@ -379,7 +379,9 @@ def _step_blocks(m, cache) -> list|None:
 @torch.no_grad()
 def decode_step(model:nn.Module, t:torch.Tensor, cache:KVCache) -> torch.Tensor:
     "Logits (B, vocab) of one more token per row (`t`, (B,)) after `cache`: `model(t[:, None], cache=cache)[:, -1]`, in few ops for packed, joined blocks."
-    bs = _step_blocks(model, cache)
+    plan = getattr(cache, 'step_plan', None)              # the blocks' weights, gathered once per cache (a generation), not per token
+    if plan is None or plan[0] is not model: plan = cache.step_plan = (model, _step_blocks(model, cache))
+    bs = plan[1]
     if bs is None: return model(t[:, None], cache=cache, last=True)[:, -1]
     c, B, pos = model.cfg, t.shape[0], cache.pos
     H, Hk, D = c.n_heads, c.n_kv_heads, c.head_dim
@@ -391,15 +393,15 @@ def decode_step(model:nn.Module, t:torch.Tensor, cache:KVCache) -> torch.Tensor:
     rope = rope_cos_sin(rope_freqs(D, c.rope_base, c.rope_scaling, t.device), p, model.emb.weight.dtype)
     mask = torch.zeros(valid.shape, dtype=x.dtype, device=t.device).masked_fill_(~valid, float('-inf'))[:, None, None] if padded else None   # as SDPA turns a boolean one, once per step
     for i, (n1, (wqkv, bqkv, _), wo, n2, (wgu, bgu, (G, _)), down, act, scale) in enumerate(bs):
-        y = packed_mm(n1(x).to(torch.bfloat16), wqkv)
+        y = packed_mm(n1(x), wqkv)
         if bqkv is not None: y = y + bqkv
         y = y.view(B, H + 2 * Hk, 1, D)
         qk = apply_rope(y[:, :H + Hk], *rope)              # q and k heads turned together
         o = attend(qk[:, :H], *cache.update(i, qk[:, H:], y[:, H + Hk:]), mask, scale=scale)
-        x = x + packed_mm(o.view(B, -1).to(torch.bfloat16), wo)
-        y = packed_mm(n2(x).to(torch.bfloat16), wgu)
+        x = x + packed_mm(o.view(B, -1), wo)
+        y = packed_mm(n2(x), wgu)
         if bgu is not None: y = y + bgu
-        x = x + packed_mm(act(y[:, :G]).mul_(y[:, G:]).to(torch.bfloat16), down)
+        x = x + packed_mm(act(y[:, :G]).mul_(y[:, G:]), down)
     cache.pos += 1
     return model.head(model.norm(x))
 

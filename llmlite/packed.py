@@ -1,4 +1,4 @@
-"""Quantized weights kept packed in memory (GGUF Q4_0, Q4_1 and Q8_0 blocks) and multiplied by torch's int4 CPU kernel, never expanded to a dense copy.
+"""Quantized weights kept as the GGUF file's own blocks (Q4_0, Q4_1, Q8_0) and multiplied by llmlite's C kernel where they lie, never expanded to a dense copy.
 
 Docs: https://llmlite.github.io/llmlite/packed.html.md"""
 
@@ -6,93 +6,225 @@ Docs: https://llmlite.github.io/llmlite/packed.html.md"""
 
 # %% ../nbs/03_packed.ipynb #478dafd0
 from __future__ import annotations
+import ctypes, hashlib, os, platform, subprocess, tempfile
+from functools import cache
+from pathlib import Path
 import gguf, numpy as np
 import torch, torch.nn.functional as F
 from fastcore.basics import patch
-from .core import check
+from .core import LLMLiteError, check
 from .formats import GGUFFile
 
 # %% auto #0
-__all__ = ['PACKED_ROWS', 'BLOCK_ROWS', 'PACKABLE', 'pack_int4', 'unpack_int4', 'PackedTensor', 'packed_mm', 'packed_linear',
-           'join_error', 'join_rows', 'from_blocks', 'packed_gguf']
+__all__ = ['PACKABLE', 'PACKED_ROWS', 'build', 'PackedTensor', 'packed_mm', 'packed_linear', 'join_error', 'join_rows',
+           'from_blocks', 'packed_gguf']
 
 # %% ../nbs/03_packed.ipynb #90247448
-_mm, _pack = torch.ops.aten._weight_int4pack_mm_for_cpu, torch.ops.aten._convert_weight_to_int4pack_for_cpu
-PACKED_ROWS = 32   # inputs with more rows than this are multiplied by the unpacked weight (a dense matmul), fewer by the packed kernel
+_SRC = r"""
+/* llmlite's CPU kernel for GGUF Q4_0, Q4_1 and Q8_0 matrices, read as the file stores them: rows of blocks of 32 weights,
+   an fp16 step d (Q4_1: and an fp16 offset m), then the codes (Q4: value j in the low nibble of byte j, value j + 16 in its
+   high nibble; Q8_0: 32 int8). A weight is d·q + m (Q4_1), d·(q - 8) (Q4_0) or d·q (Q8_0). */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+enum { Q4_0 = 2, Q4_1 = 3, Q8_0 = 8 };                    /* GGML type ids */
 
-def pack_int4(q:torch.Tensor, # codes (N, K) in 0..15
-              s:torch.Tensor, z:torch.Tensor, # scales and zeros (N, K/group): weight = (q - 8)·s + z
-              ) -> tuple:
-    "One int4 term in torch's CPU layout: packed codes (N, K/2) uint8 and bf16 scales-and-zeros (K/group, N, 2)."
-    N, K = q.shape
-    check(N % 32 == 0 and K % 2 == 0, f"int4 packing needs rows in multiples of 32 and an even row length, got {N}×{K}")
-    return _pack(q.int().contiguous(), 1), torch.stack([s.t(), z.t()], -1).to(torch.bfloat16).contiguous()
+static inline float h2f(const uint8_t *p) {               /* the IEEE half at p */
+  uint16_t h; memcpy(&h, p, 2);
+#ifdef __F16C__
+  return _cvtsh_ss(h);
+#else
+  uint32_t s = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 31, m = h & 1023, u;
+  float f;
+  if (e == 31) u = s | 0x7f800000u | (m << 13);
+  else if (e) u = s | ((e + 112) << 23) | (m << 13);
+  else { f = ldexpf((float)m, -24); memcpy(&u, &f, 4); u |= s; }
+  memcpy(&f, &u, 4); return f;
+#endif
+}
+static inline int64_t block_bytes(int t) { return t == Q4_0 ? 18 : t == Q4_1 ? 20 : 34; }
+static inline float offset(int t, const uint8_t *p, float d) { return t == Q4_1 ? h2f(p + 2) : t == Q4_0 ? -8 * d : 0; }
 
-def _whole(p, B:int):
-    "Codes of packed rows that fill whole blocks of `B` rows: row r sits in block r//B, lane r%(B/2), low nibble when r%B < B/2."
-    n, K = p.shape[0], p.shape[1] * 2
-    v = p.reshape(n // B, K, B // 2)
-    return torch.cat([v & 15, v >> 4], -1).transpose(1, 2).reshape(n, K)
+/* out (n, K) = rows[i] (or row i when rows is NULL) of a matrix of K columns, dequantized */
+void dequant(const uint8_t *w, int t, int64_t K, const int64_t *rows, int64_t n, float *out) {
+  const int64_t nb = K / 32, bb = block_bytes(t);
+  #pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; i++) {
+    const uint8_t *r = w + (rows ? rows[i] : i) * nb * bb;
+    for (int64_t b = 0; b < nb; b++) {
+      const uint8_t *p = r + b * bb; const float d = h2f(p), m = offset(t, p, d); float *o = out + i * K + b * 32;
+      if (t == Q8_0) for (int j = 0; j < 32; j++) o[j] = d * (int8_t)p[2 + j];
+      else for (int j = 0; j < 16; j++) { o[j] = d * (p[bb - 16 + j] & 15) + m; o[j + 16] = d * (p[bb - 16 + j] >> 4) + m; }
+    }
+  }
+}
 
-def _block_rows() -> int:
-    "Rows per block of torch's packed layout on this CPU: 64 where its kernel is built for AVX-512, else 32 (read off a packed probe)."
-    q = torch.randint(0, 16, (64, 2), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
-    return 64 if torch.equal(_whole(_pack(q, 1), 64).int(), q) else 32
+/* The activations as int16 codes, each block of 32 values with its own step xd = amax/32767 (a relative 2^-16 of the block's
+   largest value: llama.cpp rounds to int8 here, 2^-8), and xs = xd · (the sum of its codes) */
+static void quant_acts(const float *x, int64_t n, int16_t *xq, float *xd, float *xs) {
+  for (int64_t i = 0; i < n; i++) {
+    const float *v = x + i * 32; float a = 0;
+    for (int j = 0; j < 32; j++) a = fmaxf(a, fabsf(v[j]));
+    const float id = a > 0 ? 32767 / a : 0; int s = 0;
+    for (int j = 0; j < 32; j++) { const int q = (int)roundf(v[j] * id); xq[i * 32 + j] = (int16_t)q; s += q; }
+    xd[i] = a / 32767; xs[i] = xd[i] * s;
+  }
+}
 
-BLOCK_ROWS = _block_rows()   # a packed matrix cut or joined by rows keeps its layout only at multiples of this
+/* y[j + i·ldy] for weight rows r + j·rb (j < R, R = 1 or 2) and activation rows i < mm: per block, d·xd·Σ q·xq in integers, plus m·xs */
+static inline __attribute__((always_inline))
+void dot_tile(const int t, const int R, const uint8_t *r, int64_t rb, int64_t nb, const int16_t *xq, const float *xd, const float *xs, int mm, float *y, int64_t ldy) {
+  const int64_t bb = block_bytes(t);
+  float acc[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+#ifdef __AVX2__
+  __m256 va[2][4];
+  for (int j = 0; j < 2; j++) for (int i = 0; i < 4; i++) va[j][i] = _mm256_setzero_ps();
+  const __m128i lo4 = _mm_set1_epi8(15);
+#endif
+  for (int64_t b = 0; b < nb; b++) {
+    float d[2], m[2];
+#ifdef __AVX2__
+    __m256i w0[2], w1[2];                                  /* each row's 32 weight codes of this block as int16, values 0..15 and 16..31 */
+#endif
+    for (int j = 0; j < R; j++) {
+      const uint8_t *p = r + j * rb + b * bb; d[j] = h2f(p); m[j] = offset(t, p, d[j]);
+#ifdef __AVX2__
+      if (t == Q8_0) { w0[j] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 2))); w1[j] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 18))); }
+      else { const __m128i c = _mm_loadu_si128((const __m128i *)(p + bb - 16));
+             w0[j] = _mm256_cvtepu8_epi16(_mm_and_si128(c, lo4)); w1[j] = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(c, 4), lo4)); }
+#endif
+    }
+    for (int i = 0; i < mm; i++) {
+      const int64_t o = i * nb + b; const int16_t *a = xq + o * 32;
+#ifdef __AVX2__
+      const __m256i a0 = _mm256_loadu_si256((const __m256i *)a), a1 = _mm256_loadu_si256((const __m256i *)(a + 16));
+#endif
+      for (int j = 0; j < R; j++) {
+#ifdef __AVX2__
+        const __m256i s = _mm256_add_epi32(_mm256_madd_epi16(w0[j], a0), _mm256_madd_epi16(w1[j], a1));
+        va[j][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d[j] * xd[o]), va[j][i]);
+#else
+        const uint8_t *p = r + j * rb + b * bb; int s = 0;
+        if (t == Q8_0) for (int k = 0; k < 32; k++) s += (int8_t)p[2 + k] * a[k];
+        else for (int k = 0; k < 16; k++) s += (p[bb - 16 + k] & 15) * a[k] + (p[bb - 16 + k] >> 4) * a[k + 16];
+        acc[j][i] += d[j] * xd[o] * s;
+#endif
+        if (t != Q8_0) acc[j][i] += m[j] * xs[o];
+      }
+    }
+  }
+  for (int j = 0; j < R; j++)
+    for (int i = 0; i < mm; i++) {
+#ifdef __AVX2__
+      __m128 s = _mm_add_ps(_mm256_castps256_ps128(va[j][i]), _mm256_extractf128_ps(va[j][i], 1));
+      s = _mm_hadd_ps(s, s); s = _mm_hadd_ps(s, s); acc[j][i] += _mm_cvtss_f32(s);
+#endif
+      y[j + i * ldy] = acc[j][i];
+    }
+}
 
-def _codes(p, rows=None):
-    "Codes (N or len(rows), K) of packed `p`: whole blocks of `BLOCK_ROWS` as `_whole` reads them; a last 32 rows short of a 64-row block hold rows 2j and 2j+1 in byte j of each column."
-    B, N, K = BLOCK_ROWS, p.shape[0], p.shape[1] * 2
-    full = N // B * B
-    t = p[full:].reshape(K, (N - full) // 2)
-    if rows is None: return torch.cat([_whole(p[:full], B), torch.stack([t & 15, t >> 4], -1).reshape(K, N - full).t()])
-    v, out, h = p[:full].reshape(full // B, K, B // 2), torch.empty(len(rows), K, dtype=torch.uint8), rows < full
-    r, j = rows[h], rows[~h] - full
-    out[h] = ((v[r // B, :, r % (B // 2)] >> (4 * (r % B // (B // 2)))[:, None]) & 15).to(out.dtype)
-    out[~h] = ((t[:, j // 2] >> (4 * (j % 2))) & 15).t().to(out.dtype)
-    return out
+/* y (M, ldy) = x (M, K) @ W.T for W (N, K) in blocks of type t; 1 if out of memory */
+int matmul(const uint8_t *w, int t, int64_t N, int64_t K, const float *x, int64_t M, float *y, int64_t ldy) {
+  const int64_t nb = K / 32, bb = block_bytes(t);
+  int16_t *xq = malloc(M * K * sizeof(int16_t)); float *xd = malloc(M * nb * sizeof(float)), *xs = malloc(M * nb * sizeof(float));
+  const int ok = xq && xd && xs;
+  if (ok) {
+    quant_acts(x, M * nb, xq, xd, xs);
+    #pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n += 2)                    /* two weight rows at a time: each activation block is loaded once for both */
+      for (int64_t m0 = 0; m0 < M; m0 += 4) {
+        const int mm = M - m0 < 4 ? (int)(M - m0) : 4, R = N - n < 2 ? 1 : 2; const int64_t o = m0 * nb, rb = nb * bb;
+        const uint8_t *r = w + n * rb; float *yn = y + m0 * ldy + n;
+        if (t == Q4_0) { if (R == 2) dot_tile(Q4_0, 2, r, rb, nb, xq + o * 32, xd + o, xs + o, mm, yn, ldy); else dot_tile(Q4_0, 1, r, rb, nb, xq + o * 32, xd + o, xs + o, mm, yn, ldy); }
+        else if (t == Q4_1) { if (R == 2) dot_tile(Q4_1, 2, r, rb, nb, xq + o * 32, xd + o, xs + o, mm, yn, ldy); else dot_tile(Q4_1, 1, r, rb, nb, xq + o * 32, xd + o, xs + o, mm, yn, ldy); }
+        else { if (R == 2) dot_tile(Q8_0, 2, r, rb, nb, xq + o * 32, xd + o, xs + o, mm, yn, ldy); else dot_tile(Q8_0, 1, r, rb, nb, xq + o * 32, xd + o, xs + o, mm, yn, ldy); }
+      }
+  }
+  free(xq); free(xd); free(xs);
+  return !ok;
+}
+"""
+_FLAGS = ('-O3', '-march=native', '-ffp-contract=off', '-fopenmp', '-shared', '-fPIC')   # no contraction: dequantize gives gguf's floats exactly
 
-def unpack_int4(p, sz, rows=None, dtype=torch.float32):
-    "The weight (N, K) of one int4 term (or its `rows`), in `dtype`."
-    q = _codes(p, rows)
-    s, z = (t.t() if rows is None else t.t()[rows] for t in sz.to(dtype).unbind(-1))
-    g = q.shape[1] // s.shape[1]
-    return ((q.to(dtype) - 8).view(*s.shape, g) * s[..., None] + z[..., None]).flatten(-2)
+def _cpu() -> str:
+    "What `-march=native` compiles for: this machine's architecture and CPU flags."
+    try: return platform.machine() + next(l for l in open('/proc/cpuinfo') if l.startswith(('flags', 'Features')))
+    except (OSError, StopIteration): return platform.machine() + platform.processor()
+
+def build(flags:tuple=_FLAGS) -> ctypes.CDLL:
+    "llmlite's C kernel built with `flags` by `$CC` (else cc), once per source, compiler, flags and CPU; cached in ~/.cache/llmlite (or $XDG_CACHE_HOME/llmlite)."
+    cc = os.environ.get('CC', 'cc')
+    key = hashlib.sha256('\0'.join([_SRC, cc, *flags, _cpu()]).encode()).hexdigest()[:16]
+    d = Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'llmlite'
+    so = d / f'kernel-{key}.so'
+    if not so.exists():
+        d.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=d) as t:
+            (Path(t) / 'k.c').write_text(_SRC)
+            try: r = subprocess.run([cc, *flags, 'k.c', '-o', 'k.so'], cwd=t, capture_output=True, text=True); err = r.stderr if r.returncode else None
+            except OSError as e: err = str(e)
+            check(err is None, f"packed weights need llmlite's C kernel, and `{cc} {' '.join(flags)}` could not build it: {err[-600:] if err else ''} -- set CC to a C compiler, or load with packed=False")
+            os.replace(Path(t) / 'k.so', so)      # atomic: another process sees the whole library or none
+    lib, P, I = ctypes.CDLL(str(so)), ctypes.c_void_p, ctypes.c_int64
+    lib.matmul.argtypes, lib.matmul.restype = [P, ctypes.c_int, I, I, P, I, P, I], ctypes.c_int
+    lib.dequant.argtypes, lib.dequant.restype = [P, ctypes.c_int, I, P, I, P], None
+    return lib
+
+_kernel = cache(build)
+_Q = gguf.GGMLQuantizationType
+PACKABLE = (_Q.Q4_0, _Q.Q4_1, _Q.Q8_0)
 
 # %% ../nbs/03_packed.ipynb #44af8d3e
 class PackedTensor(torch.Tensor):
-    "A frozen weight held as int4 terms for torch's CPU kernel; behaves as a dense (N, K) tensor of `dtype` in `F.linear` and `F.embedding`."
+    "A frozen weight held as its GGUF blocks (Q4_0, Q4_1 or Q8_0); behaves as a dense (N, K) tensor of `dtype` in `F.linear` and `F.embedding`."
     @staticmethod
-    def __new__(cls, terms:list, fmt:str, shape, dtype=torch.float32):
-        return torch.Tensor._make_wrapper_subclass(cls, shape, dtype=dtype, device=terms[0][0].device, requires_grad=False)
+    def __new__(cls, raw:torch.Tensor, fmt:str, shape, dtype=torch.float32):
+        return torch.Tensor._make_wrapper_subclass(cls, shape, dtype=dtype, device=raw.device, requires_grad=False)
 
-    def __init__(self, terms:list, # [(packed codes, scales-and-zeros)] whose weights add up to this one
-                 fmt:str, shape, dtype=torch.float32):
-        self.terms, self.fmt = terms, fmt
+    def __init__(self, raw:torch.Tensor, # uint8 (N, K/32 x bytes per block): each row's blocks in turn
+                 fmt:str, # 'Q4_0', 'Q4_1' or 'Q8_0'
+                 shape, dtype=torch.float32):
+        check(fmt in [q.name for q in PACKABLE], f"GGUF type {fmt} has no packed form ({', '.join(q.name for q in PACKABLE)})")
+        n, k = shape
+        want = (n, k // 32 * gguf.GGML_QUANT_SIZES[_Q[fmt]][1])
+        check(k % 32 == 0 and raw.dtype == torch.uint8 and tuple(raw.shape) == want and raw.is_contiguous() and raw.device.type == 'cpu',
+              f"{fmt} blocks of a {n}x{k} weight must be a contiguous CPU uint8 tensor of shape {want}, got {raw.dtype} {tuple(raw.shape)}")
+        self.raw, self.fmt, self.qtype, self.n, self.k = raw, fmt, int(_Q[fmt]), n, k   # plain ints: `.shape` of a subclass costs a torch-function round trip
 
     def __repr__(self): return f"PackedTensor({self.fmt}, shape={tuple(self.shape)}, dtype={self.dtype})"
     @property
-    def nbytes_packed(self): return sum(t.numel() * t.element_size() for term in self.terms for t in term)
-    def _new(self, dtype): return PackedTensor(self.terms, self.fmt, self.shape, dtype)
+    def nbytes_packed(self): return self.raw.numel()
+    def _new(self, dtype): return PackedTensor(self.raw, self.fmt, self.shape, dtype)
 
     def dequantize(self, dtype=None, rows=None):
-        "The dense weight (or its `rows`) in `dtype` (default: this tensor's)."
-        return sum(unpack_int4(p, sz, rows, dtype or self.dtype) for p, sz in self.terms)
+        "The dense weight (or its `rows`) in `dtype` (default: this tensor's), as `gguf` decodes the blocks."
+        N, K = self.shape
+        if rows is not None:
+            rows = rows.to(torch.int64).contiguous()
+            check(not len(rows) or 0 <= int(rows.min()) and int(rows.max()) < N, f"rows {rows.min().item()}..{rows.max().item()} of a {N}-row packed weight")
+        out = torch.empty(N if rows is None else len(rows), K)
+        _kernel().dequant(self.raw.data_ptr(), self.qtype, K, None if rows is None else rows.data_ptr(), len(out), out.data_ptr())
+        return out.to(dtype or self.dtype)
 
 # %% ../nbs/03_packed.ipynb #3c60de53
-def packed_mm(x:torch.Tensor, # bf16 rows (M, K)
-              w:PackedTensor, dtype=torch.float32):
-    "`x @ w.T` by the int4 kernel, its terms summed in `dtype`."
-    (p, sz), *rest = w.terms
-    y = _mm(x, p, p.shape[1] * 2 // sz.shape[0], sz.contiguous()).to(dtype)     # a row view's scales are strided: the kernel needs them dense
-    for p, sz in rest: y += _mm(x, p, p.shape[1] * 2 // sz.shape[0], sz.contiguous())
-    return y
+PACKED_ROWS = 32   # inputs with more rows than this are multiplied by the dequantized weight (a dense matmul), fewer by the kernel
+
+def packed_mm(x:torch.Tensor, # rows (M, K)
+              w:PackedTensor) -> torch.Tensor:
+    "`x @ w.T` (M, N) by the kernel (activations rounded to int16 per block of 32: the dense product to about 1e-4), in x's dtype."
+    if x.dim() != 2 or x.shape[1] != w.k: raise LLMLiteError(f"packed_mm: x of shape {tuple(x.shape)} does not multiply a {w.n}x{w.k} weight")
+    xf, y = x.float().contiguous(), torch.empty(len(x), w.n)
+    if _kernel().matmul(w.raw.data_ptr(), w.qtype, w.n, w.k, xf.data_ptr(), len(xf), y.data_ptr(), w.n): raise LLMLiteError(f"packed_mm: out of memory for {len(x)} rows of activation blocks")
+    return y.to(x.dtype)
 
 def packed_linear(x, w:PackedTensor, b=None):
-    "`F.linear(x, w, b)` for a packed `w`: the int4 kernel on bf16 activations for a few rows, a dense matmul of the unpacked weight for many."
-    if x.numel() > PACKED_ROWS * x.shape[-1]: y = F.linear(x, w.dequantize(x.dtype))
-    else: y = packed_mm(x.reshape(-1, x.shape[-1]).to(torch.bfloat16), w, x.dtype).view(*x.shape[:-1], w.shape[0])
+    "`F.linear(x, w, b)` for a packed `w`: the kernel for a few rows, a dense matmul of the dequantized weight for many or when x needs a gradient."
+    if x.numel() > PACKED_ROWS * x.shape[-1] or (x.requires_grad and torch.is_grad_enabled()): y = F.linear(x, w.dequantize(x.dtype))
+    else: y = packed_mm(x.reshape(-1, x.shape[-1]), w).view(*x.shape[:-1], w.shape[0])
     return y if b is None else y + b
 
 _aten = torch.ops.aten
@@ -111,58 +243,37 @@ def __torch_dispatch__(cls:PackedTensor, func, types, args=(), kwargs=None):
     w, kw = args[0], kwargs or {}
     if func in (_aten.detach.default, _aten.alias.default): return w
     if func is _aten._to_copy.default:
-        check(kw.get('device') in (None, w.device), f"a packed weight stays on the CPU (torch's int4 CPU kernel): load with packed=False for {kw.get('device')}")
+        check(kw.get('device') in (None, w.device), f"a packed weight stays on the CPU (llmlite's C kernel): load with packed=False for {kw.get('device')}")
         return w._new(kw.get('dtype') or w.dtype)
     raise NotImplementedError(f"PackedTensor does not support {func}: call `.dequantize()` first (or load with packed=False)")
 
 # %% ../nbs/03_packed.ipynb #b64591d4
 @patch
 def row_views(self:PackedTensor, sizes:list) -> list:
-    "This matrix cut into consecutive row blocks of `sizes` rows (multiples of 32), each a `PackedTensor` viewing these terms."
-    ends = [sum(sizes[:i + 1]) for i in range(len(sizes))]
-    check(sum(sizes) == self.shape[0] and all(n % 32 == 0 for n in sizes) and all(e % BLOCK_ROWS == 0 for e in ends[:-1]),
-          f"row blocks {sizes} must be multiples of 32 rows adding up to {self.shape[0]}, each but the last ending at a multiple of {BLOCK_ROWS} rows (torch's packed blocks on this CPU)")
-    return [PackedTensor([(p[a:b], sz[:, a:b]) for p, sz in self.terms], self.fmt, (b - a, self.shape[1]), self.dtype) for a, b in zip([0] + ends, ends)]
+    "This matrix cut into consecutive row blocks of `sizes` rows, each a `PackedTensor` viewing these blocks."
+    check(sum(sizes) == self.shape[0], f"row blocks {sizes} must add up to {self.shape[0]} rows")
+    return [PackedTensor(r, self.fmt, (len(r), self.shape[1]), self.dtype) for r in self.raw.split(sizes)]
 
 def join_error(ws:list) -> str|None:
     "Why packed `ws` cannot be joined by `join_rows`, or None."
     w0 = ws[0]
-    if any((w.fmt, w.shape[1], len(w.terms), w.dtype) != (w0.fmt, w0.shape[1], len(w0.terms), w0.dtype) for w in ws): return f"join_rows: {ws} differ in format, width, terms or dtype"
-    if any(w.shape[0] % BLOCK_ROWS for w in ws[:-1]): return f"join_rows: {ws} have rows that are not multiples of {BLOCK_ROWS} before the last (torch's packed blocks on this CPU)"
+    if any((w.fmt, w.shape[1], w.dtype) != (w0.fmt, w0.shape[1], w0.dtype) for w in ws): return f"join_rows: {ws} differ in format, width or dtype"
 
 def join_rows(ws:list) -> tuple:
     "(one `PackedTensor` of the rows of packed `ws` in turn, `ws` again as views of its rows): the weights are held once."
     err, w0 = join_error(ws), ws[0]
     check(err is None, err)
-    terms = [(torch.cat([w.terms[j][0] for w in ws]), torch.cat([w.terms[j][1] for w in ws], 1)) for j in range(len(w0.terms))]
-    j = PackedTensor(terms, w0.fmt, (sum(w.shape[0] for w in ws), w0.shape[1]), w0.dtype)
+    j = PackedTensor(torch.cat([w.raw for w in ws]), w0.fmt, (sum(w.shape[0] for w in ws), w0.shape[1]), w0.dtype)
     return j, j.row_views([w.shape[0] for w in ws])
 
 # %% ../nbs/03_packed.ipynb #76abaf14
-_Q = gguf.GGMLQuantizationType
-PACKABLE = (_Q.Q4_0, _Q.Q4_1, _Q.Q8_0)
-
-def _terms(b, qtype):
-    "The int4 terms of GGUF blocks `b` (N, blocks per row, bytes per block)."
-    f16 = lambda i: b[..., i:i + 2].contiguous().view(torch.float16)[..., 0].float()
-    d = f16(0)
-    if qtype == _Q.Q8_0:
-        c = b[..., 2:].contiguous().view(torch.int8).flatten(1).int()
-        return [pack_int4((c >> 4) + 8, 16 * d, torch.zeros_like(d)), pack_int4(c & 15, d, 8 * d)]
-    qs = b[..., -16:]
-    return [pack_int4(torch.cat([qs & 15, qs >> 4], -1).flatten(1), d, torch.zeros_like(d) if qtype == _Q.Q4_0 else f16(2) + 8 * d)]
-
 def from_blocks(raw:torch.Tensor, # uint8 (N, K/32·bytes per block): the tensor's bytes, one row of blocks per row
                 qtype, rows=None, dtype=torch.float32) -> PackedTensor:
     "A `PackedTensor` of GGUF Q4_0, Q4_1 or Q8_0 blocks, its rows taken in the order `rows` (default: as stored)."
-    qtype = _Q(qtype); check(qtype in PACKABLE, f"GGUF type {qtype.name} has no packed form (Q4_0, Q4_1, Q8_0)")
+    qtype = _Q(qtype); check(qtype in PACKABLE, f"GGUF type {qtype.name} has no packed form ({', '.join(q.name for q in PACKABLE)})")
     bs, ts = gguf.GGML_QUANT_SIZES[qtype]
-    N, nb = raw.shape[0], raw.shape[1] // ts
-    b = raw.view(N, nb, ts)
-    if rows is not None: b = b[rows]
-    parts = [_terms(b[i:i + 2048], qtype) for i in range(0, N, 2048)]   # 2048 rows at a time: small temporaries for a vocabulary-sized matrix
-    terms = [(torch.cat([p[j][0] for p in parts]), torch.cat([p[j][1] for p in parts], 1)) for j in range(len(parts[0]))]
-    return PackedTensor(terms, qtype.name, (N, nb * bs), dtype)
+    raw = raw.reshape(raw.shape[0], -1)
+    return PackedTensor((raw if rows is None else raw[rows]).contiguous(), qtype.name, (raw.shape[0], raw.shape[1] // ts * bs), dtype)
 
 def packed_gguf(g:GGUFFile, name:str, rows=None, dtype=torch.float32) -> PackedTensor:
     "Tensor `name` of GGUF file `g` as a `PackedTensor` (see `from_blocks`)."
