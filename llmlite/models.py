@@ -371,7 +371,7 @@ def _step_blocks(m, cache) -> list|None:
     for b in m.blocks:
         a, f = b.attn, b.mlp
         qkv, gu = _joined(a, ('wq', 'wk', 'wv')), _joined(f, ('gate', 'up'))
-        if (qkv is None or gu is None or type(b) is not Block or hasattr(b, 'cross') or type(b.attn_norm) is not RMSNorm or type(b.mlp_norm) is not RMSNorm
+        if (qkv is None or gu is None or type(b) is not Block or hasattr(b, 'cross') or any(type(n) is not RMSNorm or n.weight.dtype != torch.float32 for n in (b.attn_norm, b.mlp_norm))
             or not all(type(l) is nn.Linear and isinstance(l.weight, PackedTensor) and l.bias is None for l in (a.wo, f.down))): return None
         out.append((b.attn_norm, qkv, a.wo.weight, b.mlp_norm, gu, f.down.weight, f.act, a.scale))
     return out
@@ -393,15 +393,15 @@ def decode_step(model:nn.Module, t:torch.Tensor, cache:KVCache) -> torch.Tensor:
     rope = rope_cos_sin(rope_freqs(D, c.rope_base, c.rope_scaling, t.device), p, model.emb.weight.dtype)
     mask = torch.zeros(valid.shape, dtype=x.dtype, device=t.device).masked_fill_(~valid, float('-inf'))[:, None, None] if padded else None   # as SDPA turns a boolean one, once per step
     for i, (n1, (wqkv, bqkv, _), wo, n2, (wgu, bgu, (G, _)), down, act, scale) in enumerate(bs):
-        y = packed_mm(n1(x), wqkv)
+        y = packed_mm(x, wqkv, n1.weight, n1.eps)            # the kernel normalises the row as it reads it
         if bqkv is not None: y = y + bqkv
         y = y.view(B, H + 2 * Hk, 1, D)
         qk = apply_rope(y[:, :H + Hk], *rope)              # q and k heads turned together
         o = attend(qk[:, :H], *cache.update(i, qk[:, H:], y[:, H + Hk:]), mask, scale=scale)
         x = x + packed_mm(o.view(B, -1), wo)
-        y = packed_mm(n2(x), wgu)
+        y = packed_mm(x, wgu, n2.weight, n2.eps)
         if bgu is not None: y = y + bgu
-        x = x + packed_mm(act(y[:, :G]).mul_(y[:, G:]), down)
+        x = x + (packed_mm(y, down, glu=True) if act is F.silu else packed_mm(act(y[:, :G]).mul_(y[:, G:]), down))   # SwiGLU inside the kernel
     cache.pos += 1
     return model.head(model.norm(x))
 

@@ -22,8 +22,8 @@ def test_logits_follow_dense(packed, smol):
     x = torch.tensor([tok.encode("The capital of France is Paris. The capital of Italy is Rome. The capital of Spain is")])
     with torch.no_grad(): lp, ld = m(x), d(x)
     rel = ((lp - ld).norm() / ld.norm()).item()
-    assert rel < 0.05                                   # bf16 activations and scales through 30 layers (llama.cpp's Q4_1 sits 3% from exact)
-    assert (lp.argmax(-1) == ld.argmax(-1)).float().mean() >= 0.9
+    assert rel < 1e-3                                   # int16 activation codes through 30 layers (measured 2e-4; llama.cpp's int8 ones sit 3% from exact)
+    assert torch.equal(lp.argmax(-1), ld.argmax(-1))
     assert lp[0, -1].argmax() == ld[0, -1].argmax()
 
 def test_greedy_decode_follows_dense(packed, smol):
@@ -31,7 +31,7 @@ def test_greedy_decode_follows_dense(packed, smol):
     ids = [tok.encode("Write one sentence about the sea."), tok.encode("1, 2, 3, 4,")]
     got = torch.stack(list(generate_ids(m, ids, 8)), 1)
     want = torch.stack(list(generate_ids(d, ids, 8)), 1)
-    assert (got[:, :4] == want[:, :4]).all()            # a left-padded batch through the packed kernel, against the dense model
+    assert torch.equal(got, want)                       # a left-padded batch through the packed kernel, against the dense model
 
 def test_packed_needs_a_cpu_gguf(smol_path):
     with pytest.raises(LLMLiteError, match='packed'): load(smol_path, packed=True, quant='nf4')
@@ -50,4 +50,8 @@ def test_decode_step_is_the_forward(packed):
             lg = [m(x, cache=c, valid=valid, last=True)[:, -1]]
             for _ in range(4): lg.append(step(m, lg[-1].argmax(-1), c))
         outs.append(torch.stack(lg))
-    assert torch.equal(*outs)                           # the written-out step gives the forward's logits, left-padded row included
+    a, b = outs
+    assert torch.equal(a.argmax(-1), b.argmax(-1))
+    # the written-out step gives the forward's logits, left-padded row included; its norms and SwiGLU run inside the kernel, whose
+    # inputs then differ from torch's by float rounding, enough to move an int16 activation code here and there (measured 7e-5)
+    assert ((a - b).norm() / b.norm()).item() < 2e-4
