@@ -3,7 +3,9 @@
 For each matrix shape of the model (its Q4_1 layers and its Q8_0 tied head) and each number of input rows, the engines
 alternate within each round and the report gives the median time per call, the ratio to llmlite's kernel, and the relative
 distance of each result from the fp64 product of the file's exact weights (inputs with one outlier channel, as real hidden
-states have). Then the logits of the whole model decoded token by token through the kernel, against the dense load.
+states have). Then one pass over every matrix of the model as a decode step reads them (each layer's joined q/k/v, its output,
+joined gate/up and down, then the head: 90 MiB of blocks, so from memory, not cache) per engine; then the logits of the whole
+model decoded token by token through the kernel, against the dense load.
 
     python bench/packed_kernel.py                    # 1 and 2 threads, 5 rounds
     python bench/packed_kernel.py --threads 1 --rounds 9
@@ -74,6 +76,29 @@ def kernels(a, threads):
             cells = '  '.join(f"{e} {statistics.median(v):7.3f} ms ({statistics.median(v) / base:4.2f}x, err {err[e]:.1e})" for e, v in ts.items())
             print(f"threads {threads}  {w.fmt} {w.n}x{w.k}  M={M}:  {cells}", flush=True)
 
+def stream(a, threads):
+    "Median time of one pass over all the matrices a decode step multiplies, per engine."
+    from llmlite.models import _step_blocks
+    pm, _ = load(a.model, packed=True)
+    bs = _step_blocks(pm, pm.new_cache(1, 8))
+    ws = [w for b in bs for w in (b[1][0], b[2], b[4][0], b[5])] + [pm.head.weight]
+    terms = [int4_terms(w.raw, _Q[w.fmt], w.n, w.k) for w in ws]
+    dense = [w.dequantize() for w in ws]
+    dbf = [d.bfloat16() for d in dense]
+    for M in a.rows:
+        x = {k: torch.randn(M, k) for k in {w.k for w in ws}}
+        xb = {k: v.bfloat16() for k, v in x.items()}
+        eng = {'llmlite': lambda: [packed_mm(x[w.k], w) for w in ws],
+               'torch-int4': lambda: [int4_mm(xb[w.k], t) for w, t in zip(ws, terms)],
+               'dense-fp32': lambda: [F.linear(x[d.shape[1]], d) for d in dense],
+               'dense-bf16': lambda: [F.linear(xb[d.shape[1]], d) for d in dbf]}
+        ts = {e: [] for e in eng}
+        for _ in range(a.rounds):
+            for e, f in eng.items(): ts[e].append(timed(f, 3))
+        base = statistics.median(ts['llmlite'])
+        cells = '  '.join(f"{e} {statistics.median(v):7.2f} ms ({statistics.median(v) / base:4.2f}x)" for e, v in ts.items())
+        print(f"threads {threads}  all {len(ws)} matrices of a decode step  M={M}:  {cells}", flush=True)
+
 def logits(a):
     "Last-token logits of a prompt decoded token by token through the kernel, against the dense model's."
     pm, tok = load(a.model, packed=True)
@@ -101,5 +126,6 @@ if __name__ == '__main__':
     for th in map(int, a.threads.split(',')):
         torch.set_num_threads(th)
         kernels(a, th)
+        stream(a, th)
     logits(a)
     print(f"load average at end: {os.getloadavg()}")
