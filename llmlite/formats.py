@@ -164,7 +164,7 @@ class GGUFFile:
         self.path = p = Path(path)
         check(p.is_file(), f"{p}: file not found" if not p.exists() else f"{p}: not a regular file")
         check(p.stat().st_size >= 24, f"{p}: not a GGUF file ({p.stat().st_size} bytes, too short for a header)")
-        self.buf = np.memmap(p, mode='r')
+        self.buf = np.memmap(p, mode='c')          # copy-on-write: tensors can view the file's pages (packed weights do), and nothing writes to the file
         try: self._parse()
         except LLMLiteError: raise
         except Exception as e: raise LLMLiteError(f"{p}: not a readable GGUF file ({type(e).__name__}: {e})") from None

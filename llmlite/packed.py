@@ -308,5 +308,5 @@ def packed_gguf(g:GGUFFile, name:str, rows=None, dtype=torch.float32) -> PackedT
     check(len(shape) == 2, f"{g.path}: tensor {name!r} of shape {shape} is not a matrix")
     ts = gguf.GGML_QUANT_SIZES[_Q(qt)][1]
     n = shape[0] * (shape[1] // 32 * ts)
-    raw = torch.from_numpy(np.array(g.buf[g.data + off:g.data + off + n])).view(shape[0], -1)
+    raw = torch.from_numpy(g.buf[g.data + off:g.data + off + n]).view(shape[0], -1)   # the file's pages, mapped: no copy unless rows are reordered or joined
     return from_blocks(raw, qt, rows, dtype)
