@@ -372,6 +372,7 @@ def _step_blocks(m, cache) -> list|None:
         a, f = b.attn, b.mlp
         qkv, gu = _joined(a, ('wq', 'wk', 'wv')), _joined(f, ('gate', 'up'))
         if (qkv is None or gu is None or type(b) is not Block or hasattr(b, 'cross') or any(type(n) is not RMSNorm or n.weight.dtype != torch.float32 for n in (b.attn_norm, b.mlp_norm))
+            or any(j[1] is not None and j[1].dtype != torch.float32 for j in (qkv, gu))
             or not all(type(l) is nn.Linear and isinstance(l.weight, PackedTensor) and l.bias is None for l in (a.wo, f.down))): return None
         out.append((b.attn_norm, qkv, a.wo.weight, b.mlp_norm, gu, f.down.weight, f.act, a.scale))
     return out
@@ -390,17 +391,13 @@ def decode_step(model:nn.Module, t:torch.Tensor, cache:KVCache) -> torch.Tensor:
     valid, x = cache.valid[:, :pos + 1], model.emb(t)
     padded = not bool(valid.all())                         # left padding: each row's position is its count of real tokens, and pads are masked
     p = valid.sum(-1, keepdim=True) - 1 if padded else torch.full((1, 1), pos, device=t.device)
-    rope = rope_cos_sin(rope_freqs(D, c.rope_base, c.rope_scaling, t.device), p, model.emb.weight.dtype)
+    rope = (*(r.view(-1, D) for r in rope_cos_sin(rope_freqs(D, c.rope_base, c.rope_scaling, t.device), p)), H + Hk)   # fp32 (B or 1, D) tables: q and k heads
     mask = torch.zeros(valid.shape, dtype=x.dtype, device=t.device).masked_fill_(~valid, float('-inf'))[:, None, None] if padded else None   # as SDPA turns a boolean one, once per step
     for i, (n1, (wqkv, bqkv, _), wo, n2, (wgu, bgu, (G, _)), down, act, scale) in enumerate(bs):
-        y = packed_mm(x, wqkv, n1.weight, n1.eps)            # the kernel normalises the row as it reads it
-        if bqkv is not None: y = y + bqkv
-        y = y.view(B, H + 2 * Hk, 1, D)
-        qk = apply_rope(y[:, :H + Hk], *rope)              # q and k heads turned together
-        o = attend(qk[:, :H], *cache.update(i, qk[:, H:], y[:, H + Hk:]), mask, scale=scale)
+        y = packed_mm(x, wqkv, n1.weight, n1.eps, bias=bqkv, rope=rope).view(B, H + 2 * Hk, 1, D)   # normalised, biased and turned in the kernel
+        o = attend(y[:, :H], *cache.update(i, y[:, H:H + Hk], y[:, H + Hk:]), mask, scale=scale)
         x = x + packed_mm(o.view(B, -1), wo)
-        y = packed_mm(x, wgu, n2.weight, n2.eps)
-        if bgu is not None: y = y + bgu
+        y = packed_mm(x, wgu, n2.weight, n2.eps, bias=bgu)
         x = x + (packed_mm(y, down, glu=True) if act is F.silu else packed_mm(act(y[:, :G]).mul_(y[:, G:]), down))   # SwiGLU inside the kernel
     cache.pos += 1
     return model.head(model.norm(x))

@@ -148,8 +148,10 @@ void dot_tile(const int t, const int R, const uint8_t *r, int64_t rb, int64_t nb
 #define ROWS(T, R) switch (mm) { case 1: TILE(T, R, 1); break; case 2: TILE(T, R, 2); break; case 3: TILE(T, R, 3); break; default: TILE(T, R, 4); }
 #define TYPE(T) if (t == T) { if (R == 2) { ROWS(T, 2) } else { ROWS(T, 1) } }     /* every tile shape its own code: the accumulators stay in registers */
 
-/* y (M, ldy) = prepare(x) (M, K) @ W.T for W (N, K) in blocks of type t; 1 if out of memory */
-int matmul(const uint8_t *w, int t, int64_t N, int64_t K, const float *x, int64_t ldx, int64_t M, const float *g, float eps, int glu, float *y, int64_t ldy) {
+/* y (M, ldy) = prepare(x) (M, K) @ W.T for W (N, K) in blocks of type t, plus bias (N) when given; then the first rot heads of
+   D values of each row turned by RoPE (pairs j, j + D/2; row i's cos and sin tables at cs, sn + i·ldr); 1 if out of memory */
+int matmul(const uint8_t *w, int t, int64_t N, int64_t K, const float *x, int64_t ldx, int64_t M, const float *g, float eps, int glu,
+           float *y, int64_t ldy, const float *bias, const float *cs, const float *sn, int64_t ldr, int64_t rot, int64_t D) {
   const int64_t nb = K / 32, bb = block_bytes(t);
   int16_t *xq = malloc(M * K * sizeof(int16_t)); float *xt = malloc(M * K * sizeof(float)), *xd = malloc(M * nb * sizeof(float)), *xs = malloc(M * nb * sizeof(float));
   const int ok = xq && xt && xd && xs;
@@ -163,6 +165,12 @@ int matmul(const uint8_t *w, int t, int64_t N, int64_t K, const float *x, int64_
         const uint8_t *r = w + n * rb; float *yn = y + m0 * ldy + n;
         TYPE(Q4_0) TYPE(Q4_1) TYPE(Q8_0)
       }
+    for (int64_t i = 0; i < M; i++) {
+      float *v = y + i * ldy; const float *c = cs + i * ldr, *s = sn + i * ldr;
+      if (bias) for (int64_t n = 0; n < N; n++) v[n] += bias[n];
+      for (int64_t h = 0; h < rot; h++, v += D)
+        for (int64_t j = 0; j < D / 2; j++) { const float a = v[j], b = v[j + D / 2]; v[j] = a * c[j] - b * s[j]; v[j + D / 2] = b * c[j + D / 2] + a * s[j + D / 2]; }
+    }
   }
   free(xq); free(xt); free(xd); free(xs);
   return !ok;
@@ -190,7 +198,7 @@ def build(flags:tuple=_FLAGS) -> ctypes.CDLL:
             check(err is None, f"packed weights need llmlite's C kernel, and `{cc} {' '.join(flags)}` could not build it: {err[-600:] if err else ''} -- set CC to a C compiler, or load with packed=False")
             os.replace(Path(t) / 'k.so', so)      # atomic: another process sees the whole library or none
     lib, P, I = ctypes.CDLL(str(so)), ctypes.c_void_p, ctypes.c_int64
-    lib.matmul.argtypes, lib.matmul.restype = [P, ctypes.c_int, I, I, P, I, I, P, ctypes.c_float, ctypes.c_int, P, I], ctypes.c_int
+    lib.matmul.argtypes, lib.matmul.restype = [P, ctypes.c_int, I, I, P, I, I, P, ctypes.c_float, ctypes.c_int, P, I, P, P, P, I, I, I], ctypes.c_int
     lib.dequant.argtypes, lib.dequant.restype = [P, ctypes.c_int, I, P, I, P], None
     return lib
 
@@ -238,14 +246,21 @@ def packed_mm(x:torch.Tensor, # rows (M, K), or (M, 2K) with `glu`
               gain:torch.Tensor|None=None, # fp32 (K,): RMS-normalise the rows first, `x / sqrt(mean(x²) + eps) * gain`
               eps:float=0.,
               glu:bool=False, # take `silu(x[:, :K]) * x[:, K:]` (a gated MLP's activation) for x first
+              bias:torch.Tensor|None=None, # fp32 (N,): added to the product
+              rope:tuple|None=None, # (cos, sin, heads): fp32 tables (1 or M, D); the first `heads` heads of D outputs turned by them
               ) -> torch.Tensor:
     "`x @ w.T` (M, N) by the kernel (activations rounded to int16 per block of 32: the dense product to about 1e-4), in x's dtype."
-    K = w.k
-    if x.dim() != 2 or x.shape[1] != K * (1 + glu) or gain is not None and (gain.dtype != torch.float32 or gain.shape != (K,)):
-        raise LLMLiteError(f"packed_mm: x of shape {tuple(x.shape)}{' (glu)' if glu else ''} and gain {None if gain is None else (gain.dtype, tuple(gain.shape))} do not fit a {w.n}x{K} weight")
-    xf, y = x.float().contiguous(), torch.empty(len(x), w.n)
-    if _kernel().matmul(w.raw.data_ptr(), w.qtype, w.n, K, xf.data_ptr(), xf.shape[1], len(xf), None if gain is None else gain.contiguous().data_ptr(), eps, glu, y.data_ptr(), w.n):
-        raise LLMLiteError(f"packed_mm: out of memory for {len(x)} rows of activation blocks")
+    K, M = w.k, len(x)
+    cs, sn, heads = rope or (None, None, 0)
+    D = cs.shape[-1] if rope else 0
+    if (x.dim() != 2 or x.shape[1] != K * (1 + glu) or any(v is not None and (v.dtype != torch.float32 or v.shape != (n,)) for v, n in ((gain, K), (bias, w.n)))
+        or rope and (cs.dtype != torch.float32 or cs.shape != sn.shape or cs.shape[0] not in (1, M) or D % 2 or heads * D > w.n)):
+        raise LLMLiteError(f"packed_mm: x {tuple(x.shape)}{' (glu)' if glu else ''}, gain, bias or rope tables do not fit a {w.n}x{K} weight")
+    xf, y = x.float().contiguous(), torch.empty(M, w.n)
+    ptr = lambda v: None if v is None else v.contiguous().data_ptr()
+    if _kernel().matmul(w.raw.data_ptr(), w.qtype, w.n, K, xf.data_ptr(), xf.shape[1], M, ptr(gain), eps, glu, y.data_ptr(), w.n,
+                        ptr(bias), ptr(cs), ptr(sn), D if rope and cs.shape[0] == M else 0, heads, D):
+        raise LLMLiteError(f"packed_mm: out of memory for {M} rows of activation blocks")
     return y.to(x.dtype)
 
 def packed_linear(x, w:PackedTensor, b=None):
