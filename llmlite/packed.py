@@ -250,16 +250,17 @@ def packed_mm(x:torch.Tensor, # rows (M, K), or (M, 2K) with `glu`
               rope:tuple|None=None, # (cos, sin, heads): fp32 tables (1 or M, D); the first `heads` heads of D outputs turned by them
               ) -> torch.Tensor:
     "`x @ w.T` (M, N) by the kernel (activations rounded to int16 per block of 32: the dense product to about 1e-4), in x's dtype."
-    K, M = w.k, len(x)
+    K, M, f32 = w.k, len(x), torch.float32
     cs, sn, heads = rope or (None, None, 0)
     D = cs.shape[-1] if rope else 0
-    if (x.dim() != 2 or x.shape[1] != K * (1 + glu) or any(v is not None and (v.dtype != torch.float32 or v.shape != (n,)) for v, n in ((gain, K), (bias, w.n)))
-        or rope and (cs.dtype != torch.float32 or cs.shape != sn.shape or cs.shape[0] not in (1, M) or D % 2 or heads * D > w.n)):
-        raise LLMLiteError(f"packed_mm: x {tuple(x.shape)}{' (glu)' if glu else ''}, gain, bias or rope tables do not fit a {w.n}x{K} weight")
+    if (x.dim() != 2 or x.shape[1] != (2 * K if glu else K) or gain is not None and (gain.dtype != f32 or gain.numel() != K or not gain.is_contiguous())
+        or bias is not None and (bias.dtype != f32 or bias.numel() != w.n or not bias.is_contiguous())
+        or rope and (cs.dtype != f32 or sn.dtype != f32 or cs.shape != sn.shape or cs.dim() != 2 or len(cs) not in (1, M) or D % 2 or heads * D > w.n or not (cs.is_contiguous() and sn.is_contiguous()))):
+        raise LLMLiteError(f"packed_mm: x {tuple(x.shape)}{' (glu)' if glu else ''}, gain, bias or rope tables do not fit a {w.n}x{K} weight (all fp32 and contiguous)")
     xf, y = x.float().contiguous(), torch.empty(M, w.n)
-    ptr = lambda v: None if v is None else v.contiguous().data_ptr()
-    if _kernel().matmul(w.raw.data_ptr(), w.qtype, w.n, K, xf.data_ptr(), xf.shape[1], M, ptr(gain), eps, glu, y.data_ptr(), w.n,
-                        ptr(bias), ptr(cs), ptr(sn), D if rope and cs.shape[0] == M else 0, heads, D):
+    if _kernel().matmul(w.raw.data_ptr(), w.qtype, w.n, K, xf.data_ptr(), xf.shape[1], M, gain if gain is None else gain.data_ptr(), eps, glu, y.data_ptr(), w.n,
+                        bias if bias is None else bias.data_ptr(), cs if cs is None else cs.data_ptr(), sn if sn is None else sn.data_ptr(),
+                        D if rope and len(cs) == M else 0, heads, D):
         raise LLMLiteError(f"packed_mm: out of memory for {M} rows of activation blocks")
     return y.to(x.dtype)
 
