@@ -366,7 +366,7 @@ def join_packed(model:nn.Module) -> nn.Module:
 def _step_blocks(m, cache) -> list|None:
     "Each block's (attention norm, joined q/k/v, wo, MLP norm, joined gate/up, down, activation, score scale) when `decode_step` can run it, else None."
     c = getattr(m, 'cfg', None)
-    if not isinstance(m, Decoder) or type(cache) is not KVCache or c.pos != 'rope' or c.window is not None or c.clip_qkv or c.qk_norm: return None
+    if not isinstance(m, Decoder) or type(cache) is not KVCache or c.pos != 'rope' or c.window is not None or c.clip_qkv or c.qk_norm or m.emb.weight.dtype != torch.float32: return None
     out = []
     for b in m.blocks:
         a, f = b.attn, b.mlp
@@ -396,9 +396,9 @@ def decode_step(model:nn.Module, t:torch.Tensor, cache:KVCache) -> torch.Tensor:
     for i, (n1, (wqkv, bqkv, _), wo, n2, (wgu, bgu, (G, _)), down, act, scale) in enumerate(bs):
         y = packed_mm(x, wqkv, n1.weight, n1.eps, bias=bqkv, rope=rope).view(B, H + 2 * Hk, 1, D)   # normalised, biased and turned in the kernel
         o = attend(y[:, :H], *cache.update(i, y[:, H:H + Hk], y[:, H + Hk:]), mask, scale=scale)
-        x = x + packed_mm(o.view(B, -1), wo)
+        x = packed_mm(o.view(B, -1), wo, residual=x)
         y = packed_mm(x, wgu, n2.weight, n2.eps, bias=bgu)
-        x = x + (packed_mm(y, down, glu=True) if act is F.silu else packed_mm(act(y[:, :G]).mul_(y[:, G:]), down))   # SwiGLU inside the kernel
+        x = packed_mm(y, down, glu=True, residual=x) if act is F.silu else packed_mm(act(y[:, :G]).mul_(y[:, G:]), down, residual=x)   # SwiGLU inside the kernel
     cache.pos += 1
     return model.head(model.norm(x))
 

@@ -148,10 +148,10 @@ void dot_tile(const int t, const int R, const uint8_t *r, int64_t rb, int64_t nb
 #define ROWS(T, R) switch (mm) { case 1: TILE(T, R, 1); break; case 2: TILE(T, R, 2); break; case 3: TILE(T, R, 3); break; default: TILE(T, R, 4); }
 #define TYPE(T) if (t == T) { if (R == 2) { ROWS(T, 2) } else { ROWS(T, 1) } }     /* every tile shape its own code: the accumulators stay in registers */
 
-/* y (M, ldy) = prepare(x) (M, K) @ W.T for W (N, K) in blocks of type t, plus bias (N) when given; then the first rot heads of
-   D values of each row turned by RoPE (pairs j, j + D/2; row i's cos and sin tables at cs, sn + i·ldr); 1 if out of memory */
+/* y (M, ldy) = prepare(x) (M, K) @ W.T for W (N, K) in blocks of type t, plus bias (N) and res (M, ldy) when given; then the
+   first rot heads of D values of each row turned by RoPE (pairs j, j + D/2; row i's cos and sin at cs, sn + i·ldr); 1 if out of memory */
 int matmul(const uint8_t *w, int t, int64_t N, int64_t K, const float *x, int64_t ldx, int64_t M, const float *g, float eps, int glu,
-           float *y, int64_t ldy, const float *bias, const float *cs, const float *sn, int64_t ldr, int64_t rot, int64_t D) {
+           float *y, int64_t ldy, const float *bias, const float *res, const float *cs, const float *sn, int64_t ldr, int64_t rot, int64_t D) {
   const int64_t nb = K / 32, bb = block_bytes(t);
   int16_t *xq = malloc(M * K * sizeof(int16_t)); float *xt = malloc(M * K * sizeof(float)), *xd = malloc(M * nb * sizeof(float)), *xs = malloc(M * nb * sizeof(float));
   const int ok = xq && xt && xd && xs;
@@ -168,6 +168,7 @@ int matmul(const uint8_t *w, int t, int64_t N, int64_t K, const float *x, int64_
     for (int64_t i = 0; i < M; i++) {
       float *v = y + i * ldy; const float *c = cs + i * ldr, *s = sn + i * ldr;
       if (bias) for (int64_t n = 0; n < N; n++) v[n] += bias[n];
+      if (res) for (int64_t n = 0; n < N; n++) v[n] += res[i * ldy + n];
       for (int64_t h = 0; h < rot; h++, v += D)
         for (int64_t j = 0; j < D / 2; j++) { const float a = v[j], b = v[j + D / 2]; v[j] = a * c[j] - b * s[j]; v[j + D / 2] = b * c[j + D / 2] + a * s[j + D / 2]; }
     }
@@ -198,7 +199,7 @@ def build(flags:tuple=_FLAGS) -> ctypes.CDLL:
             check(err is None, f"packed weights need llmlite's C kernel, and `{cc} {' '.join(flags)}` could not build it: {err[-600:] if err else ''} -- set CC to a C compiler, or load with packed=False")
             os.replace(Path(t) / 'k.so', so)      # atomic: another process sees the whole library or none
     lib, P, I = ctypes.CDLL(str(so)), ctypes.c_void_p, ctypes.c_int64
-    lib.matmul.argtypes, lib.matmul.restype = [P, ctypes.c_int, I, I, P, I, I, P, ctypes.c_float, ctypes.c_int, P, I, P, P, P, I, I, I], ctypes.c_int
+    lib.matmul.argtypes, lib.matmul.restype = [P, ctypes.c_int, I, I, P, I, I, P, ctypes.c_float, ctypes.c_int, P, I, P, P, P, P, I, I, I], ctypes.c_int
     lib.dequant.argtypes, lib.dequant.restype = [P, ctypes.c_int, I, P, I, P], None
     return lib
 
@@ -247,6 +248,7 @@ def packed_mm(x:torch.Tensor, # rows (M, K), or (M, 2K) with `glu`
               eps:float=0.,
               glu:bool=False, # take `silu(x[:, :K]) * x[:, K:]` (a gated MLP's activation) for x first
               bias:torch.Tensor|None=None, # fp32 (N,): added to the product
+              residual:torch.Tensor|None=None, # fp32 (M, N): added too (a block's `x + f(x)`)
               rope:tuple|None=None, # (cos, sin, heads): fp32 tables (1 or M, D); the first `heads` heads of D outputs turned by them
               ) -> torch.Tensor:
     "`x @ w.T` (M, N) by the kernel (activations rounded to int16 per block of 32: the dense product to about 1e-4), in x's dtype."
@@ -255,11 +257,12 @@ def packed_mm(x:torch.Tensor, # rows (M, K), or (M, 2K) with `glu`
     D = cs.shape[-1] if rope else 0
     if (x.dim() != 2 or x.shape[1] != (2 * K if glu else K) or gain is not None and (gain.dtype != f32 or gain.numel() != K or not gain.is_contiguous())
         or bias is not None and (bias.dtype != f32 or bias.numel() != w.n or not bias.is_contiguous())
+        or residual is not None and (residual.dtype != f32 or residual.shape != (M, w.n) or not residual.is_contiguous())
         or rope and (cs.dtype != f32 or sn.dtype != f32 or cs.shape != sn.shape or cs.dim() != 2 or len(cs) not in (1, M) or D % 2 or heads * D > w.n or not (cs.is_contiguous() and sn.is_contiguous()))):
-        raise LLMLiteError(f"packed_mm: x {tuple(x.shape)}{' (glu)' if glu else ''}, gain, bias or rope tables do not fit a {w.n}x{K} weight (all fp32 and contiguous)")
+        raise LLMLiteError(f"packed_mm: x {tuple(x.shape)}{' (glu)' if glu else ''}, gain, bias, residual or rope tables do not fit a {w.n}x{K} weight (all fp32 and contiguous)")
     xf, y = x.float().contiguous(), torch.empty(M, w.n)
     if _kernel().matmul(w.raw.data_ptr(), w.qtype, w.n, K, xf.data_ptr(), xf.shape[1], M, gain if gain is None else gain.data_ptr(), eps, glu, y.data_ptr(), w.n,
-                        bias if bias is None else bias.data_ptr(), cs if cs is None else cs.data_ptr(), sn if sn is None else sn.data_ptr(),
+                        bias if bias is None else bias.data_ptr(), residual if residual is None else residual.data_ptr(), cs if cs is None else cs.data_ptr(), sn if sn is None else sn.data_ptr(),
                         D if rope and len(cs) == M else 0, heads, D):
         raise LLMLiteError(f"packed_mm: out of memory for {M} rows of activation blocks")
     return y.to(x.dtype)
