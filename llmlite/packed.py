@@ -28,7 +28,7 @@ _SRC = r"""
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
-#ifdef __AVX2__
+#if defined(__AVX2__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
 enum { Q4_0 = 2, Q4_1 = 3, Q8_0 = 8 };                    /* GGML type ids */
