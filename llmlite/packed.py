@@ -6,7 +6,7 @@ Docs: https://llmlite.github.io/llmlite/packed.html.md"""
 
 # %% ../nbs/03_packed.ipynb #478dafd0
 from __future__ import annotations
-import ctypes, hashlib, os, platform, subprocess, tempfile
+import ctypes, hashlib, os, platform, shutil, subprocess, tempfile
 from functools import cache
 from pathlib import Path
 import gguf, numpy as np
@@ -191,13 +191,15 @@ def build(flags:tuple=_FLAGS) -> ctypes.CDLL:
     d = Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'llmlite'
     so = d / f'kernel-{key}.so'
     if not so.exists():
-        d.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=d) as t:
+        try: d.mkdir(parents=True, exist_ok=True); t = tempfile.mkdtemp(dir=d)
+        except OSError as e: raise LLMLiteError(f"packed weights need llmlite's C kernel, built into {d}, which cannot be written ({e}): set XDG_CACHE_HOME to a writable folder") from None
+        try:
             (Path(t) / 'k.c').write_text(_SRC)
             try: r = subprocess.run([cc, *flags, 'k.c', '-o', 'k.so'], cwd=t, capture_output=True, text=True); err = r.stderr if r.returncode else None
             except OSError as e: err = str(e)
             check(err is None, f"packed weights need llmlite's C kernel, and `{cc} {' '.join(flags)}` could not build it: {err[-600:] if err else ''} -- set CC to a C compiler, or load with packed=False")
             os.replace(Path(t) / 'k.so', so)      # atomic: another process sees the whole library or none
+        finally: shutil.rmtree(t, ignore_errors=True)
     lib, P, I = ctypes.CDLL(str(so)), ctypes.c_void_p, ctypes.c_int64
     lib.matmul.argtypes, lib.matmul.restype = [P, ctypes.c_int, I, I, P, I, I, P, ctypes.c_float, ctypes.c_int, P, I, P, P, P, P, I, I, I], ctypes.c_int
     lib.dequant.argtypes, lib.dequant.restype = [P, ctypes.c_int, I, P, I, P], None
