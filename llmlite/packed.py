@@ -76,26 +76,28 @@ static void prepare(const float *x, int64_t K, const float *g, float eps, int gl
 }
 
 /* The activations as int16 codes, each block of 32 values with its own step xd = amax/32767 (a relative 2^-16 of the block's
-   largest value: llama.cpp rounds to int8 here, 2^-8), and xs = xd · (the sum of its codes) */
-static void quant_acts(const float *x, int64_t n, int16_t *xq, float *xd, float *xs) {
-  for (int64_t i = 0; i < n; i++) {
+   largest value: llama.cpp rounds to int8 here, 2^-8), and xs = xd · (the sum of its codes), stored block-major (row i of block b at
+   b·ls + i) so that a tile's rows read theirs at once */
+static void quant_acts(const float *x, int64_t M, int64_t nb, int16_t *xq, float *xd, float *xs, int64_t ls) {
+  for (int64_t i = 0; i < M * nb; i++) {
     const float *v = x + i * 32; float a = 0;
     for (int j = 0; j < 32; j++) a = fmaxf(a, fabsf(v[j]));
     const float id = a > 0 ? 32767 / a : 0; int s = 0;
     for (int j = 0; j < 32; j++) { const int q = (int)roundf(v[j] * id); xq[i * 32 + j] = (int16_t)q; s += q; }
-    xd[i] = a / 32767; xs[i] = xd[i] * s;
+    xd[i] = a / 32767; xs[i % nb * ls + i / nb] = xd[i] * s;
   }
 }
 
 /* y[j + i·ldy] for weight rows r + j·rb (j < R, R = 1 or 2) and activation rows i < mm: per block, d·xd·Σ q·xq in integers, plus m·xs */
 static inline __attribute__((always_inline))
-void dot_tile(const int t, const int R, const uint8_t *r, int64_t rb, int64_t nb, const int16_t *xq, const float *xd, const float *xs, int mm, float *y, int64_t ldy) {
+void dot_tile(const int t, const int R, const uint8_t *r, int64_t rb, int64_t nb, const int16_t *xq, const float *xd, const float *xs, int64_t ls, int mm, float *y, int64_t ldy) {
   const int64_t bb = block_bytes(t);
   float acc[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
 #ifdef __AVX2__
   __m256 va[2][4];
   for (int j = 0; j < 2; j++) for (int i = 0; i < 4; i++) va[j][i] = _mm256_setzero_ps();
   const __m128i lo4 = _mm_set1_epi8(15);
+  __m128 ma[2] = {_mm_setzero_ps(), _mm_setzero_ps()};     /* Q4_1's m·xs for the tile's four rows at once */
 #endif
   for (int64_t b = 0; b < nb; b++) {
     float d[2], m[2];
@@ -106,6 +108,7 @@ void dot_tile(const int t, const int R, const uint8_t *r, int64_t rb, int64_t nb
       const uint8_t *p = r + j * rb + b * bb; d[j] = h2f(p); m[j] = offset(t, p, d[j]);
       __builtin_prefetch(p + 128 * bb);                   /* 2.5-4 KB ahead: streaming a matrix from memory, this took a third off its time */
 #ifdef __AVX2__
+      if (t != Q8_0) ma[j] = _mm_fmadd_ps(_mm_set1_ps(m[j]), _mm_loadu_ps(xs + b * ls), ma[j]);
       if (t == Q8_0) { w0[j] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 2))); w1[j] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 18))); }
       else { const __m128i c = _mm_loadu_si128((const __m128i *)(p + bb - 16));
              w0[j] = _mm256_cvtepu8_epi16(_mm_and_si128(c, lo4)); w1[j] = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(c, 4), lo4)); }
@@ -129,8 +132,8 @@ void dot_tile(const int t, const int R, const uint8_t *r, int64_t rb, int64_t nb
         if (t == Q8_0) for (int k = 0; k < 32; k++) s += (int8_t)p[2 + k] * a[k];
         else for (int k = 0; k < 16; k++) s += (p[bb - 16 + k] & 15) * a[k] + (p[bb - 16 + k] >> 4) * a[k + 16];
         acc[j][i] += d[j] * xd[o] * s;
+        if (t != Q8_0) acc[j][i] += m[j] * xs[b * ls + i];
 #endif
-        if (t != Q8_0) acc[j][i] += m[j] * xs[o];
       }
     }
   }
@@ -138,13 +141,13 @@ void dot_tile(const int t, const int R, const uint8_t *r, int64_t rb, int64_t nb
     for (int i = 0; i < mm; i++) {
 #ifdef __AVX2__
       __m128 s = _mm_add_ps(_mm256_castps256_ps128(va[j][i]), _mm256_extractf128_ps(va[j][i], 1));
-      s = _mm_hadd_ps(s, s); s = _mm_hadd_ps(s, s); acc[j][i] += _mm_cvtss_f32(s);
+      s = _mm_hadd_ps(s, s); s = _mm_hadd_ps(s, s); float mv[4]; _mm_storeu_ps(mv, ma[j]); acc[j][i] += _mm_cvtss_f32(s) + mv[i];
 #endif
       y[j + i * ldy] = acc[j][i];
     }
 }
 
-#define TILE(T, R, MM) dot_tile(T, R, r, rb, nb, xq + o * 32, xd + o, xs + o, MM, yn, ldy)
+#define TILE(T, R, MM) dot_tile(T, R, r, rb, nb, xq + o * 32, xd + o, xs + m0, ls, MM, yn, ldy)
 #define ROWS(T, R) switch (mm) { case 1: TILE(T, R, 1); break; case 2: TILE(T, R, 2); break; case 3: TILE(T, R, 3); break; default: TILE(T, R, 4); }
 #define TYPE(T) if (t == T) { if (R == 2) { ROWS(T, 2) } else { ROWS(T, 1) } }     /* every tile shape its own code: the accumulators stay in registers */
 
@@ -153,11 +156,12 @@ void dot_tile(const int t, const int R, const uint8_t *r, int64_t rb, int64_t nb
 int matmul(const uint8_t *w, int t, int64_t N, int64_t K, const float *x, int64_t ldx, int64_t M, const float *g, float eps, int glu,
            float *y, int64_t ldy, const float *bias, const float *res, const float *cs, const float *sn, int64_t ldr, int64_t rot, int64_t D) {
   const int64_t nb = K / 32, bb = block_bytes(t);
-  int16_t *xq = malloc(M * K * sizeof(int16_t)); float *xt = malloc(M * K * sizeof(float)), *xd = malloc(M * nb * sizeof(float)), *xs = malloc(M * nb * sizeof(float));
+  const int64_t ls = (M + 3) / 4 * 4;                    /* rows of xs per block: whole tiles of four, the spare ones zero */
+  int16_t *xq = malloc(M * K * sizeof(int16_t)); float *xt = malloc(M * K * sizeof(float)), *xd = malloc(M * nb * sizeof(float)), *xs = calloc(ls * nb, sizeof(float));
   const int ok = xq && xt && xd && xs;
   if (ok) {
     for (int64_t i = 0; i < M; i++) prepare(x + i * ldx, K, g, eps, glu, xt + i * K);
-    quant_acts(xt, M * nb, xq, xd, xs);
+    quant_acts(xt, M, nb, xq, xd, xs, ls);
     #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n += 2)                    /* two weight rows at a time: each activation block is loaded once for both */
       for (int64_t m0 = 0; m0 < M; m0 += 4) {
