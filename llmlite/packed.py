@@ -237,7 +237,7 @@ class PackedTensor(torch.Tensor):
 
     def dequantize(self, dtype=None, rows=None):
         "The dense weight (or its `rows`) in `dtype` (default: this tensor's), as `gguf` decodes the blocks."
-        N, K = self.shape
+        N, K = self.n, self.k
         if rows is not None:
             rows = rows.to(torch.int64).contiguous()
             check(not len(rows) or 0 <= int(rows.min()) and int(rows.max()) < N, f"rows {rows.min().item()}..{rows.max().item()} of a {N}-row packed weight")
@@ -276,7 +276,7 @@ def packed_mm(x:torch.Tensor, # rows (M, K), or (M, 2K) with `glu`
 def packed_linear(x, w:PackedTensor, b=None):
     "`F.linear(x, w, b)` for a packed `w`: the kernel for a few rows, a dense matmul of the dequantized weight for many or when x needs a gradient."
     if x.numel() > PACKED_ROWS * x.shape[-1] or (x.requires_grad and torch.is_grad_enabled()): y = F.linear(x, w.dequantize(x.dtype))
-    else: y = packed_mm(x.reshape(-1, x.shape[-1]), w).view(*x.shape[:-1], w.shape[0])
+    else: y = packed_mm(x.reshape(-1, x.shape[-1]), w).view(*x.shape[:-1], w.n)
     return y if b is None else y + b
 
 _aten = torch.ops.aten
