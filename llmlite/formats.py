@@ -165,6 +165,7 @@ class GGUFFile:
         check(p.is_file(), f"{p}: file not found" if not p.exists() else f"{p}: not a regular file")
         check(p.stat().st_size >= 24, f"{p}: not a GGUF file ({p.stat().st_size} bytes, too short for a header)")
         self.buf = np.memmap(p, mode='c')          # copy-on-write: tensors can view the file's pages (packed weights do), and nothing writes to the file
+        self.pages = torch.from_numpy(self.buf)    # the same pages as one uint8 tensor: views of tensors stored back to back share its storage
         try: self._parse()
         except LLMLiteError: raise
         except Exception as e: raise LLMLiteError(f"{p}: not a readable GGUF file ({type(e).__name__}: {e})") from None

@@ -16,7 +16,6 @@ from .core import LLMLiteError, check
 from .formats import atomic_write, SafetensorsFile
 from .cache import CacheConfig
 from .adapters import adapter_rows
-from .models import decode_step
 from .seq2seq import EncoderDecoder
 
 # %% auto #0
@@ -127,7 +126,7 @@ def generate_ids(model, ids:list, max_new_tokens:int=256, temperature:float=0., 
         yield t
         done |= torch.isin(t, stop)
         if bool(done.all()): return
-        logits = fwd(decode_step, model, t, kv)      # packed, joined weights: the written-out step; otherwise the forward
+        logits = fwd(model, t[:, None], cache=kv, last=True)[:, -1]
 
 # %% ../nbs/13_generate.ipynb #3b7be911
 def _is_batch(prompt):

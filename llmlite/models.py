@@ -12,12 +12,12 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from fastcore.basics import patch
 from .core import LLMLiteError, check
 from .attention import RMSNorm, rope_freqs, rope_cos_sin, apply_rope, alibi_slopes, alibi_bias, attn_mask, attend, KVCache
-from .packed import PackedTensor, join_error, join_rows, packed_mm
+from .packed import PACKED_ROWS, PackedTensor, join_error, join_rows, packed_mm
 from .cache import CacheConfig, Cache, layer_budgets
 
 # %% auto #0
 __all__ = ['acts', 'configs', 'Config', 'make_norm', 'embedding', 'Attention', 'MLP', 'Block', 'make_block', 'Decoder',
-           'chunked_ce', 'join_packed', 'decode_step', 'blocks', 'checkpoint_blocks', 'check_loaded']
+           'chunked_ce', 'join_packed', 'blocks', 'checkpoint_blocks', 'check_loaded']
 
 # %% ../nbs/07_models.ipynb #9d42abfe
 acts = {'silu': F.silu, 'relu': F.relu, 'gelu': F.gelu, 'gelu_tanh': lambda x: F.gelu(x, approximate='tanh')}
@@ -280,9 +280,6 @@ class Decoder(nn.Module):
             first = torch.ones_like(doc_ids, dtype=torch.bool); first[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
             pos = slots - torch.where(first, slots, 0).cummax(-1).values
         if see is not None: pos = see.sum(-1) - 1
-        h = self.emb(x)   # first: under FSDP an untied embedding is gathered only for this call, so its weight's dtype is the shard's
-        rope = None if alibi else rope_cos_sin(rope_freqs(self.cfg.head_dim, self.cfg.rope_base, self.cfg.rope_scaling, x.device), pos, h.dtype)
-        slopes = alibi_slopes(self.cfg.n_heads, self.cfg.alibi_max, x.device) if alibi else None
         masks = {}
         def mask(w):
             "'causal', None (every key) or a boolean tensor, built once per window size."
@@ -291,6 +288,11 @@ class Decoder(nn.Module):
                 tensor = padded or doc_ids is not None or (T > 1 and start) or (T == 1 and w is not None and start + 1 > w)
                 masks[w] = attn_mask(slots, start + T, valid if padded else None, w, docs=doc_ids) if tensor else 'causal' if T > 1 else None
             return masks[w]
+        h = self.emb(x)   # first: under FSDP an untied embedding is gathered only for this call, so its weight's dtype is the shard's
+        if self.blocks[0].attn.joined and not (torch.is_grad_enabled() or targets is not None or see is not None or doc_ids is not None or keep is not None or B * T > PACKED_ROWS):
+            if (plan := _fused_blocks(self, cache)) is not None: return _fused(self, plan, h, pos, mask(None), cache, last)   # packed, joined blocks: few ops
+        rope = None if alibi else rope_cos_sin(rope_freqs(self.cfg.head_dim, self.cfg.rope_base, self.cfg.rope_scaling, x.device), pos, h.dtype)
+        slopes = alibi_slopes(self.cfg.n_heads, self.cfg.alibi_max, x.device) if alibi else None
         bias = alibi_bias(slopes, slots, T, pos) if alibi and see is not None else None   # ALiBi's distances between positions, not slots
         idx = (slice(None), slice(-1, None)) if last else keep   # the positions whose logits are wanted
         for i, b in enumerate(self.blocks):
@@ -363,44 +365,40 @@ def join_packed(model:nn.Module) -> nn.Module:
     return model
 
 # %% ../nbs/07_models.ipynb #d8bfc368
-def _step_blocks(m, cache) -> list|None:
-    "Each block's (attention norm, joined q/k/v, wo, MLP norm, joined gate/up, down, activation, score scale) when `decode_step` can run it, else None."
-    c = getattr(m, 'cfg', None)
-    if not isinstance(m, Decoder) or type(cache) is not KVCache or c.pos != 'rope' or c.window is not None or c.clip_qkv or c.qk_norm or m.emb.weight.dtype != torch.float32: return None
-    out = []
-    for b in m.blocks:
+def _fused_blocks(m, cache) -> list|None:
+    "Each block's (attention norm, joined q/k/v, wo, MLP norm, joined gate/up, down, activation, score scale) when `_fused` can run them, else None; kept on `cache` for the rest of a generation."
+    plan = getattr(cache, 'step_plan', None)
+    if plan is not None and plan[0] is m: return plan[1]
+    c, out = m.cfg, []
+    if not (cache is None or type(cache) is KVCache) or c.pos != 'rope' or c.window is not None or c.clip_qkv or c.qk_norm or m.emb.weight.dtype != torch.float32: out = None
+    for b in m.blocks if out is not None else ():
         a, f = b.attn, b.mlp
         qkv, gu = _joined(a, ('wq', 'wk', 'wv')), _joined(f, ('gate', 'up'))
         if (qkv is None or gu is None or type(b) is not Block or hasattr(b, 'cross') or any(type(n) is not RMSNorm or n.weight.dtype != torch.float32 for n in (b.attn_norm, b.mlp_norm))
             or any(j[1] is not None and j[1].dtype != torch.float32 for j in (qkv, gu))
-            or not all(type(l) is nn.Linear and isinstance(l.weight, PackedTensor) and l.bias is None for l in (a.wo, f.down))): return None
+            or not all(type(l) is nn.Linear and isinstance(l.weight, PackedTensor) and l.bias is None for l in (a.wo, f.down))): out = None; break
         out.append((b.attn_norm, qkv, a.wo.weight, b.mlp_norm, gu, f.down.weight, f.act, a.scale))
+    if cache is not None: cache.step_plan = (m, out)
     return out
 
-@torch.no_grad()
-def decode_step(model:nn.Module, t:torch.Tensor, cache:KVCache) -> torch.Tensor:
-    "Logits (B, vocab) of one more token per row (`t`, (B,)) after `cache`: `model(t[:, None], cache=cache)[:, -1]`, in few ops for packed, joined blocks."
-    plan = getattr(cache, 'step_plan', None)              # the blocks' weights, gathered once per cache (a generation), not per token
-    if plan is None or plan[0] is not model: plan = cache.step_plan = (model, _step_blocks(model, cache))
-    bs = plan[1]
-    if bs is None: return model(t[:, None], cache=cache, last=True)[:, -1]
-    c, B, pos = model.cfg, t.shape[0], cache.pos
+def _fused(m, plan:list, h, pos, mask, cache, last:bool):
+    "`Decoder.forward`'s blocks, norm and head for embeddings `h` (B, T, dim) at positions `pos` (B or 1, T) by `plan` (`_fused_blocks`): four kernel calls a block."
+    c, (B, T, _) = m.cfg, h.shape
     H, Hk, D = c.n_heads, c.n_kv_heads, c.head_dim
-    check(pos < c.max_seq_len, f"{pos + 1} tokens exceed the model's context of {c.max_seq_len} (config field max_seq_len)")
-    cache.valid[:, pos] = True
-    valid, x = cache.valid[:, :pos + 1], model.emb(t)
-    padded = not bool(valid.all())                         # left padding: each row's position is its count of real tokens, and pads are masked
-    p = valid.sum(-1, keepdim=True) - 1 if padded else torch.full((1, 1), pos, device=t.device)
-    rope = (*(r.view(-1, D) for r in rope_cos_sin(rope_freqs(D, c.rope_base, c.rope_scaling, t.device), p)), H + Hk)   # fp32 (B or 1, D) tables: q and k heads
-    mask = torch.zeros(valid.shape, dtype=x.dtype, device=t.device).masked_fill_(~valid, float('-inf'))[:, None, None] if padded else None   # as SDPA turns a boolean one, once per step
-    for i, (n1, (wqkv, bqkv, _), wo, n2, (wgu, bgu, (G, _)), down, act, scale) in enumerate(bs):
-        y = packed_mm(x, wqkv, n1.weight, n1.eps, bias=bqkv, rope=rope).view(B, H + 2 * Hk, 1, D)   # normalised, biased and turned in the kernel
-        o = attend(y[:, :H], *cache.update(i, y[:, H:H + Hk], y[:, H + Hk:]), mask, scale=scale)
-        x = packed_mm(o.view(B, -1), wo, residual=x)
+    rope = (*(t.view(1, D) if pos.numel() == 1 else t.expand(B, T, D).reshape(B * T, D)
+              for t in rope_cos_sin(rope_freqs(D, c.rope_base, c.rope_scaling, h.device), pos)), H + Hk)   # fp32 tables, one per row (or one for all): q and k heads
+    if torch.is_tensor(mask): mask = torch.zeros(mask.shape, dtype=h.dtype, device=h.device).masked_fill_(~mask, float('-inf'))   # as SDPA turns a boolean one, once per call
+    x = h.reshape(B * T, -1)
+    for i, (n1, (wqkv, bqkv, _), wo, n2, (wgu, bgu, (G, _)), down, act, scale) in enumerate(plan):
+        y = packed_mm(x, wqkv, n1.weight, n1.eps, bias=bqkv, rope=rope).view(B, T, H + 2 * Hk, D).transpose(1, 2)   # normalised, biased and turned in the kernel
+        q, k, v = y[:, :H], y[:, H:H + Hk], y[:, H + Hk:]
+        o = attend(q, *((k, v) if cache is None else cache.update(i, k, v)), mask, scale=scale)
+        x = packed_mm(o.transpose(1, 2).reshape(B * T, -1), wo, residual=x)
         y = packed_mm(x, wgu, n2.weight, n2.eps, bias=bgu)
         x = packed_mm(y, down, glu=True, residual=x) if act is F.silu else packed_mm(act(y[:, :G]).mul_(y[:, G:]), down, residual=x)   # SwiGLU inside the kernel
-    cache.pos += 1
-    return model.head(model.norm(x))
+    if cache is not None: cache.pos += T
+    x = x.view(B, T, -1)
+    return m.head(m.norm(x[:, -1:] if last else x))
 
 # %% ../nbs/07_models.ipynb #1b742503
 def blocks(model:nn.Module) -> list:

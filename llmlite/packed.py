@@ -315,7 +315,10 @@ def join_rows(ws:list) -> tuple:
     "(one `PackedTensor` of the rows of packed `ws` in turn, `ws` again as views of its rows): the weights are held once."
     err, w0 = join_error(ws), ws[0]
     check(err is None, err)
-    j = PackedTensor(torch.cat([w.raw for w in ws]), w0.fmt, (sum(w.shape[0] for w in ws), w0.shape[1]), w0.dtype)
+    rs, n = [w.raw for w in ws], sum(w.shape[0] for w in ws)
+    back_to_back = all(b.untyped_storage().data_ptr() == a.untyped_storage().data_ptr() and b.data_ptr() == a.data_ptr() + a.nbytes for a, b in zip(rs, rs[1:]))
+    raw = rs[0].as_strided((n, rs[0].shape[1]), (rs[0].shape[1], 1)) if back_to_back else torch.cat(rs)   # stored back to back (a GGUF's gate and up): one view, no copy
+    j = PackedTensor(raw, w0.fmt, (n, w0.shape[1]), w0.dtype)
     return j, j.row_views([w.shape[0] for w in ws])
 
 # %% ../nbs/03_packed.ipynb #76abaf14
@@ -325,7 +328,7 @@ def from_blocks(raw:torch.Tensor, # uint8 (N, K/32·bytes per block): the tensor
     qtype = _Q(qtype); check(qtype in PACKABLE, f"GGUF type {qtype.name} has no packed form ({', '.join(q.name for q in PACKABLE)})")
     bs, ts = gguf.GGML_QUANT_SIZES[qtype]
     raw = raw.reshape(raw.shape[0], -1)
-    return PackedTensor((raw if rows is None else raw[rows]).contiguous(), qtype.name, (raw.shape[0], raw.shape[1] // ts * bs), dtype)
+    return PackedTensor((raw if rows is None else raw.index_select(0, torch.as_tensor(rows))).contiguous(), qtype.name, (raw.shape[0], raw.shape[1] // ts * bs), dtype)
 
 def packed_gguf(g:GGUFFile, name:str, rows=None, dtype=torch.float32) -> PackedTensor:
     "Tensor `name` of GGUF file `g` as a `PackedTensor` (see `from_blocks`)."
@@ -333,5 +336,5 @@ def packed_gguf(g:GGUFFile, name:str, rows=None, dtype=torch.float32) -> PackedT
     check(len(shape) == 2, f"{g.path}: tensor {name!r} of shape {shape} is not a matrix")
     ts = gguf.GGML_QUANT_SIZES[_Q(qt)][1]
     n = shape[0] * (shape[1] // 32 * ts)
-    raw = torch.from_numpy(g.buf[g.data + off:g.data + off + n]).view(shape[0], -1)   # the file's pages, mapped: no copy unless rows are reordered or joined
+    raw = g.pages[g.data + off:g.data + off + n].view(shape[0], -1)   # the file's pages, mapped: no copy unless rows are reordered or joined out of order
     return from_blocks(raw, qt, rows, dtype)

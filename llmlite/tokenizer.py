@@ -6,11 +6,12 @@ Docs: https://llmlite.github.io/llmlite/tokenizer.html.md"""
 
 # %% ../nbs/05_tokenizer.ipynb #dc70a66a
 from __future__ import annotations
-import json, time
+import json, re, time
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 import jinja2
+import numpy as np
 from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from fastcore.basics import patch
@@ -237,16 +238,16 @@ def spm_merges(vocab:dict[str, int], scores:dict[str, float]) -> list[tuple[str,
 # %% ../nbs/05_tokenizer.ipynb #6b62d684
 def _gguf_bpe(toks, merges, pre):
     "Byte-level BPE, as transformers builds it from a `gpt2` GGUF vocabulary."
-    abc = byte_alphabet(); chars = set(abc.values())
-    spell = lambda t: t if set(t) <= chars else ''.join(abc[b] for b in t.encode())
-    vocab = dict(zip(toks, range(len(toks)))) if set(''.join(toks)) <= chars else {spell(t): i for i, t in enumerate(toks)}   # one check when every token is spelled in the byte alphabet already (a third of the time)
+    abc = byte_alphabet(); other = re.compile(f"[^{re.escape(''.join(abc.values()))}]")   # a character outside the byte alphabet
+    spell = lambda t: t if not other.search(t) else ''.join(abc[b] for b in t.encode())
+    vocab = dict(zip(toks, range(len(toks)))) if not other.search(''.join(toks)) else {spell(t): i for i, t in enumerate(toks)}   # one scan when every token is spelled in the byte alphabet already
     tk = TkTokenizer(models.BPE(vocab, [tuple(m.split(' ', 1)) for m in merges],
                                 fuse_unk=False, continuing_subword_prefix='', end_of_word_suffix=''))
     split = gguf_pre_splits.get(pre)
     tk.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior='isolated'), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
                         if split else pre_tokenizers.ByteLevel(add_prefix_space=False))
     tk.decoder = decoders.ByteLevel()
-    return tk, lambda t: set(t) <= chars
+    return tk, lambda t: not other.search(t)
 
 # %% ../nbs/05_tokenizer.ipynb #2a110ac1
 def _gguf_spm(toks, scores, add_prefix):
@@ -266,7 +267,6 @@ def from_gguf(cls:Tokenizer, src) -> Tokenizer:
     get = lambda k, d=None: meta.get(f'tokenizer.ggml.{k}', d)
     kind, toks = get('model'), get('tokens')
     check(toks, f"{fn}: no tokenizer.ggml.tokens, so the file carries no tokenizer")
-    types = get('token_type') or [1]*len(toks)
     if kind == 'gpt2':
         check(get('merges') is not None, f"{fn}: tokenizer.ggml.model is gpt2 but tokenizer.ggml.merges is missing")
         tk, speakable = _gguf_bpe(toks, get('merges'), get('pre'))
@@ -274,8 +274,10 @@ def from_gguf(cls:Tokenizer, src) -> Tokenizer:
         check(get('scores') is not None, f"{fn}: tokenizer.ggml.model is llama but tokenizer.ggml.scores is missing")
         tk, speakable = _gguf_spm(toks, get('scores'), get('add_space_prefix', True))
     else: raise LLMLiteError(f"{fn}: tokenizer.ggml.model = {kind!r} is not supported; llmlite builds 'gpt2' (byte-level BPE) and 'llama' (SentencePiece BPE)")
-    tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, ty in zip(toks, types) if ty == 3 and speakable(t)])
-    tk.add_tokens([AddedToken(t, special=False, normalized=False) for t, ty in zip(toks, types) if ty == 4 and speakable(t)])
+    types = np.array(get('token_type') or [], dtype=np.int64)[:len(toks)]
+    added = lambda ty: [AddedToken(toks[i], special=ty == 3, normalized=False) for i in np.flatnonzero(types == ty).tolist() if speakable(toks[i])]
+    tk.add_special_tokens(added(3))   # control tokens
+    tk.add_tokens(added(4))           # user-defined ones
     def tok_of(k):
         i = get(f'{k}_token_id')
         check(i is None or 0 <= i < len(toks), f"{fn}: tokenizer.ggml.{k}_token_id = {i} is outside the vocabulary of {len(toks)}")

@@ -2,7 +2,6 @@
 import pytest, torch
 from llmlite.loading import load
 from llmlite.generate import generate_ids
-from llmlite.models import decode_step
 from llmlite.packed import PackedTensor
 from llmlite.core import LLMLiteError
 
@@ -36,7 +35,7 @@ def test_greedy_decode_follows_dense(packed, smol):
 def test_packed_needs_a_cpu_gguf(smol_path):
     with pytest.raises(LLMLiteError, match='packed'): load(smol_path, packed=True, quant='nf4')
 
-def test_decode_step_is_the_forward(packed):
+def test_fused_blocks_are_the_modules(packed):
     m, tok = packed
     assert ('wq', 'wk', 'wv') in m.blocks[0].attn.joined and ('gate', 'up') in m.blocks[-1].mlp.joined   # q/k/v and gate/up joined at load
     rows = [tok.encode("Write one sentence about the sea."), tok.encode("1, 2, 3, 4,")]
@@ -44,14 +43,14 @@ def test_decode_step_is_the_forward(packed):
     x = torch.tensor([[0] * (L - len(r)) + r for r in rows])
     valid = torch.tensor([[False] * (L - len(r)) + [True] * len(r) for r in rows])
     outs = []
-    for step in (decode_step, lambda m, t, c: m(t[:, None], cache=c, last=True)[:, -1]):
+    for grad in (False, True):            # without autograd the forward runs its blocks fused (`models._fused`), with it the modules
         c = m.new_cache(2, L + 4)
-        with torch.no_grad():
-            lg = [m(x, cache=c, valid=valid, last=True)[:, -1]]
-            for _ in range(4): lg.append(step(m, lg[-1].argmax(-1), c))
+        with torch.set_grad_enabled(grad):
+            lg = [m(x, cache=c, valid=valid, last=True)[:, -1]]          # the left-padded prompt: 2 x 8 rows, one kernel call per matrix
+            for _ in range(4): lg.append(m(lg[-1].argmax(-1)[:, None], cache=c, last=True)[:, -1])
         outs.append(torch.stack(lg))
     a, b = outs
     assert torch.equal(a.argmax(-1), b.argmax(-1))
-    # the written-out step gives the forward's logits, left-padded row included; its norms and SwiGLU run inside the kernel, whose
+    # the fused road gives the modules' logits, left-padded row included; its norms and SwiGLU run inside the kernel, whose
     # inputs then differ from torch's by float rounding, enough to move an int16 activation code here and there (measured 7e-5)
     assert ((a - b).norm() / b.norm()).item() < 2e-4
