@@ -7,7 +7,8 @@ report gives medians with quartiles and ratios against llama.cpp. All engines ge
     python bench/decode.py --threads 1 --rounds 5 --engines llmlite,llama.cpp
 
 Measured per run: import time; load to first logits (load, then one forward of an 8-token prompt); RSS after loading
-(total and above the RSS after import: anonymous + file-backed pages, so llama.cpp's memory-mapped weights count);
+(total and above the RSS after import: anonymous + file-backed pages, so llama.cpp's memory-mapped weights count) and at the
+end, above the imports (after prefill and decoding have touched every page of weights they read);
 prefill tokens/s (one forward of `--prefill` tokens); decode tokens/s at batch 1 (greedy, `--new` tokens after a 32-token
 prompt, first token excluded); aggregate decode tokens/s at batch 8 (8 prompts of 17-45 tokens, left-padded; llmlite only).
 """
@@ -81,6 +82,7 @@ def worker(engine, threads, a):
             for _ in range(a.new - 1):
                 o = model(x, past_key_values=kv, use_cache=True); kv, x = o.past_key_values, o.logits[:, -1].argmax(-1, keepdim=True)
             out['decode1_tps'] = (a.new - 1) / (time.perf_counter() - t)
+    out['rss_end_over_import'] = sum(rss()) - sum(r0)
     out['rss_total'] = sum(out['rss_load'])
     out['rss_over_import'] = sum(out['rss_load']) - sum(r0)
     print(json.dumps(out))
@@ -119,7 +121,7 @@ def main():
                 row = json.loads(res.stdout.strip().splitlines()[-1]) | dict(round=r, load=os.getloadavg())
                 rows.append(row); print(json.dumps(row), flush=True)
     Path(a.out).write_text(''.join(json.dumps(r) + '\n' for r in rows))
-    keys = ['import_s', 'first_logits_s', 'rss_total', 'rss_over_import', 'prefill_tps', 'decode1_tps', 'decode8_tps']
+    keys = ['import_s', 'first_logits_s', 'rss_total', 'rss_over_import', 'rss_end_over_import', 'prefill_tps', 'decode1_tps', 'decode8_tps']
     for th in map(int, a.threads.split(',')):
         print(f"\n{th} thread(s): median [quartiles]; ratio = engine / llama.cpp (for decode8: llmlite batch 8 / llama.cpp batch 1)")
         ref = {k: q([r[k] for r in rows if r['engine'] == 'llama.cpp' and r['threads'] == th and k in r])[0] for k in keys
