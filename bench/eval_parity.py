@@ -8,16 +8,19 @@ shared context run once, every choice packed after it in the same row), lm-eval 
 transformers model of the same GGUF file. Printed per task: per-example agreement of the chosen answer under each
 normalisation (sum, per character, per token; greedy match for LAMBADA), the largest log-likelihood difference
 (absolute, relative, and per token), accuracies, a float64 control on the examples that differ most (llmlite's model in
-float64 against both float32 results, which says how much of the difference is float32 rounding on either side),
+float64 against both sides' results, which says how much of the difference is rounding on either side),
 and the time of each side, run alternately (which side goes first alternates), with the load average.
-With `--dtype float64` llmlite runs in float64 and transformers' model is made in float64 (the control is then llmlite
-itself): float32 rounding leaves llmlite's side, while transformers still computes in float32 whatever its dtype: the matmuls over
-the GGUF file's weights (transformers 5 keeps them packed, its kernels cast each matmul's input and output), its RMSNorm and its
-rotary angles.
+`--dtype` is the dtype transformers' model is made in (default float64, lm-eval's most exact setting: transformers still
+computes the matmuls over the GGUF file's weights in float32 -- transformers 5 keeps them packed, its kernels cast each
+matmul's input and output -- and its RMSNorm and rotary angles, so its log-likelihoods sit about 1.5e-5 from exact; in
+float32 it takes a float32 log-softmax, which on this CPU drifts by up to 1e-3 over a 100-token continuation, as llmlite's
+did before its scores took the float64 log-sum-exp). `--ours` is llmlite's dtype
+(default float32: its log-sum-exp runs in float64, so its float32 scores sit within 1e-4 of exact; float64 makes them exact,
+and the control is then llmlite itself).
 
     nice python bench/eval_parity.py --n 200 --n5 200       # the full run
     nice python bench/eval_parity.py --n 40 --n5 20 --tasks piqa,lambada_openai
-    nice python bench/eval_parity.py --dtype float64 --n 200 --n5 200
+    nice python bench/eval_parity.py --dtype float32 --ours float32 --n 200 --n5 0    # both sides in float32
 """
 import argparse, copy, json, os, resource, time
 from pathlib import Path
@@ -47,17 +50,18 @@ def main():
     ap.add_argument('--tasks', default=','.join(TASKS))
     ap.add_argument('--bs', type=int, default=16, help="lm-eval's batch size (requests) and llmlite's (examples)")
     ap.add_argument('--threads', type=int, default=0)
-    ap.add_argument('--dtype', choices=('float32', 'float64'), default='float32', help='both models in this dtype')
+    ap.add_argument('--dtype', choices=('float32', 'float64'), default='float64', help="transformers' model (lm-eval's side) in this dtype")
+    ap.add_argument('--ours', choices=('float32', 'float64'), default='float32', help="llmlite's model in this dtype")
     a = ap.parse_args()
     if a.threads: torch.set_num_threads(a.threads)
     gguf = default_model()
     model, tok = load(gguf)
-    model, dt = model.eval().to(getattr(torch, a.dtype)), getattr(torch, a.dtype)
-    exact = model if dt == torch.float64 else copy.deepcopy(model).double()          # the float64 control
-    hf = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dt).eval()
+    model = model.eval().to(getattr(torch, a.ours))
+    exact = model if a.ours == 'float64' else copy.deepcopy(model).double()          # the float64 control
+    hf = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=getattr(torch, a.dtype)).eval()
     hft = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     lm = HFLM(pretrained=hf, tokenizer=hft, batch_size=a.bs, device='cpu')
-    print(f"SmolLM2-135M-Instruct in {a.dtype}, torch threads {torch.get_num_threads()}, load {load_avg()}")
+    print(f"SmolLM2-135M-Instruct: llmlite in {a.ours}, transformers in {a.dtype}; torch threads {torch.get_num_threads()}, load {load_avg()}")
     rows, turn = [], 0
     for name in a.tasks.split(','):
         for k, n in ((0, a.n), (5, a.n5)):

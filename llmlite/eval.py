@@ -47,11 +47,14 @@ def _score_rows(model, gs, rows, dev):
             o = s
     see = (doc[:, :, None] == doc[:, None]) & ((br[:, None] == 0) | (br[:, :, None] == br[:, None])) & torch.ones(T, T, dtype=torch.bool).tril()
     y = model(x.to(dev), see=see.to(dev), keep=keep.to(dev))
-    lp = y.to(torch.promote_types(y.dtype, torch.float32)).log_softmax(-1)   # bf16/fp16 logits in fp32; a float64 model scores in float64
-    at = keep.view(-1).cumsum(0) - 1                   # the row of `lp` of each kept slot
+    y = y.reshape(-1, y.shape[-1]).to(torch.promote_types(y.dtype, torch.float32))   # (kept slots, vocab): bf16/fp16 logits in fp32
+    at = keep.view(-1).cumsum(0) - 1                   # the row of `y` of each kept slot (a context's last slot serves each of its choices)
+    m = y.max(-1, keepdim=True).values
+    lse = (m[:, 0].double() + (y - m).exp_().sum(-1).double().log()).cpu()   # log-sum-exp, its log and the subtraction below in float64: torch's float32 log_softmax drifts ~1e-5 a token
+    top = y.argmax(-1).cpu()
     for gi, j, s, tgt in want:
-        l, tgt = lp[at[s].to(dev)], torch.tensor(tgt, device=dev)
-        yield gi, j, (-l.gather(-1, tgt[:, None])[:, 0].cpu(), bool((l.argmax(-1) == tgt).all()))
+        r, t = at[s], torch.tensor(tgt)
+        yield gi, j, (lse[r] - y[r.to(dev), t.to(dev)].cpu().double(), bool((top[r] == t).all()))
 
 # %% ../nbs/18_eval.ipynb #411c1d9d
 @torch.no_grad()
