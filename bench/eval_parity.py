@@ -1,7 +1,8 @@
 """llmlite's in-context-learning scoring against lm-evaluation-harness on identical prompts, and its speed.
 
-Foundry's own task files (the first 210 examples of arc_easy, piqa, winogrande, lambada_openai from LLM Foundry's
-scripts/eval/local_data, in bench/data/icl) with Foundry's task settings, 0- and 5-shot, on SmolLM2-135M-Instruct.
+Foundry's own task files (the first 210 examples of arc_easy, piqa, winogrande, lambada_openai and triviaqa_sm_sub from LLM
+Foundry's scripts/eval/local_data, in bench/data/icl) with Foundry's task settings, 0- and 5-shot, on SmolLM2-135M-Instruct:
+multiple choice, schema, language modelling and generation with answers.
 llmlite builds each example's prompt by Foundry's rules and tokenizes it (tests/test_eval_parity.py checks those
 prompts against Foundry's construction); both sides then score the very same token ids: llmlite with `score` (the
 shared context run once, every choice packed after it in the same row), lm-eval with HFLM's `_loglikelihood_tokens` on the
@@ -9,12 +10,15 @@ transformers model of the same GGUF file. Printed per task: per-example agreemen
 normalisation (sum, per character, per token; greedy match for LAMBADA), the largest log-likelihood difference
 (absolute, relative, and per token), accuracies, a float64 control on the examples that differ most (llmlite's model in
 float64 against both sides' results, which says how much of the difference is rounding on either side),
-and the time of each side, run alternately (which side goes first alternates), with the load average.
+and the time of each side, run alternately (which side goes first alternates), with the load average. For triviaqa both
+sides decode greedily from the same token ids for Foundry's length (the longest answer's tokens), llmlite with
+`generate_ids`, lm-eval with HFLM's `_model_generate` (left-padded batches, as its `generate_until` calls it); printed: the
+share of identical generations and of equal exact-match verdicts (Foundry's normalised match), and each side's accuracy.
 `--dtype` is the dtype transformers' model is made in (default float64, lm-eval's most exact setting: transformers still
 computes the matmuls over the GGUF file's weights in float32 -- transformers 5 keeps them packed, its kernels cast each
 matmul's input and output -- and its RMSNorm and rotary angles, so its log-likelihoods sit about 1.5e-5 from exact; in
-float32 it takes a float32 log-softmax, which on this CPU drifts by up to 1e-3 over a 100-token continuation, as llmlite's
-did before its scores took the float64 log-sum-exp). `--ours` is llmlite's dtype
+float32 it takes torch's float32 log-softmax, which put llmlite's float32 logits of a 111-token piqa continuation 9.2e-4
+from float64 before llmlite's scores took a float64 log-sum-exp). `--ours` is llmlite's dtype
 (default float32: its log-sum-exp runs in float64, so its float32 scores sit within 1e-4 of exact; float64 makes them exact,
 and the control is then llmlite itself).
 
@@ -27,13 +31,15 @@ from pathlib import Path
 import numpy as np, torch, transformers
 from lm_eval.models.huggingface import HFLM
 from llmlite.cli import default_model
-from llmlite.eval import check_task, icl_prompts, encode_pair, needs_prefix_space, score, choice_metrics, lm_metrics
+from llmlite.eval import check_task, icl_prompts, encode_pair, needs_prefix_space, score, choice_metrics, lm_metrics, answer_match
+from llmlite.generate import generate_ids
 from llmlite.loading import load
 
 DATA = Path(__file__).parent/'data'/'icl'
 TASKS = {'arc_easy': dict(icl_task_type='multiple_choice', continuation_delimiter='\nAnswer: '),    # Foundry's tasks_v0.3.yaml
          'piqa': dict(icl_task_type='multiple_choice', continuation_delimiter='\nAnswer: '),
-         'winogrande': dict(icl_task_type='schema'), 'lambada_openai': dict(icl_task_type='language_modeling')}
+         'winogrande': dict(icl_task_type='schema'), 'lambada_openai': dict(icl_task_type='language_modeling'),
+         'triviaqa_sm_sub': dict(icl_task_type='generation_task_with_answers')}
 
 def shared(e):
     "Tokens the pairs of one example share at the start (not beyond any pair's context)."
@@ -42,6 +48,30 @@ def shared(e):
     return min([n] + [len(ids) - m for ids, m in e])
 
 def load_avg(): return '/'.join(f'{x:.1f}' for x in os.getloadavg())
+
+def cut(ts, stop):
+    "Token ids `ts` up to the first of `stop`."
+    return next((ts[:i] for i, t in enumerate(ts) if t in stop), ts)
+
+def ours_generate(model, tok, ids, n, bs):
+    "llmlite's greedy continuations (token ids, cut at a stop id) of every prompt, `bs` prompts a batch."
+    out = []
+    for j in range(0, len(ids), bs):
+        rows = [[] for _ in ids[j:j + bs]]
+        for t in generate_ids(model, ids[j:j + bs], n, stop_ids=tok.stop_ids, pad_id=tok.pad_id):
+            for r, x in zip(rows, t.tolist()): r.append(x)
+        out += [cut(r, tok.stop_ids) for r in rows]
+    return out
+
+def theirs_generate(lm, ids, n, bs, stop):
+    "lm-eval's greedy continuations (HFLM._model_generate, as its generate_until calls it) of the same token ids, left-padded `bs` a batch."
+    out, pad = [], lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else stop[0]
+    for j in range(0, len(ids), bs):
+        b = ids[j:j + bs]; T = max(map(len, b))
+        x = torch.tensor([[pad] * (T - len(i)) + i for i in b]); mask = torch.tensor([[0] * (T - len(i)) + [1] * len(i) for i in b])
+        with torch.no_grad(): y = lm._model_generate(x, T + n, [], attention_mask=mask)
+        out += [cut(r[T:].tolist(), stop) for r in y]
+    return out
 
 def main():
     ap = argparse.ArgumentParser()
@@ -69,6 +99,23 @@ def main():
             (t,) = check_task(dict(label=name, dataset_uri=f'{name}.jsonl', num_fewshot=[k], **TASKS[name]), DATA)
             kind, o = t.pop('kind'), {f: v for f, v in t.items() if f not in ('label', 'task', 'n_shot')}
             ps = icl_prompts(t['task'], kind, k, prefix_space=needs_prefix_space(tok), limit=n, **o)
+            if kind == 'generation_task_with_answers':      # greedy answers from the same token ids; Foundry's length: the longest answer's tokens
+                ids, n_new = [encode_pair(tok, p['pre'], p['context'], '')[0] for p in ps], max(len(tok.encode(x)) for p in ps for x in p['answers'])
+                stop = list(dict.fromkeys([*tok.stop_ids, *([hf.generation_config.eos_token_id] if isinstance(hf.generation_config.eos_token_id, int) else hf.generation_config.eos_token_id or [])]))
+                res, secs, la = {}, {}, {}
+                for side in (['llmlite', 'lm-eval'] if turn % 2 == 0 else ['lm-eval', 'llmlite']):
+                    t0 = time.perf_counter()
+                    res[side] = ours_generate(model, tok, ids, n_new, a.bs) if side == 'llmlite' else theirs_generate(lm, ids, n_new, a.bs, stop)
+                    secs[side], la[side] = time.perf_counter() - t0, load_avg()
+                turn += 1
+                hits = {s_: [answer_match(tok.decode(o), p['answers']) for o, p in zip(res[s_], ps)] for s_ in res}
+                r = dict(task=f'{name}/{k}-shot', n=len(ps), new_tokens=n_new, tokens=dict(llmlite=sum(map(len, ids)), lm_eval=sum(map(len, ids))),
+                         same_tokens=float(np.mean([a_ == b_ for a_, b_ in zip(res['llmlite'], res['lm-eval'])])),
+                         agreement=dict(exact_match=float(np.mean([a_ == b_ for a_, b_ in zip(hits['llmlite'], hits['lm-eval'])]))),
+                         llmlite=dict(exact_match=float(np.mean(hits['llmlite']))), lm_eval=dict(exact_match=float(np.mean(hits['lm-eval']))),
+                         secs=secs, speedup=secs['lm-eval'] / secs['llmlite'], load=la)
+                rows.append(r); print(json.dumps(r), flush=True)
+                continue
             enc = [[encode_pair(tok, p['pre'], c, x) for c, x in p['pairs']] for p in ps]
             reqs = [((p['pre'] + c, x), ids[:-m], ids[-m:]) for p, e in zip(ps, enc) for (c, x), (ids, m) in zip(p['pairs'], e)]
             def ours():
@@ -105,11 +152,11 @@ def main():
                      secs=secs, speedup=secs['lm-eval'] / secs['llmlite'], load=la)
             rows.append(r)
             print(json.dumps(r), flush=True)
-    tot = {s: sum(r['secs'][s] for r in rows) for s in ('llmlite', 'lm-eval')}
+    tot, ll = {s: sum(r['secs'][s] for r in rows) for s in ('llmlite', 'lm-eval')}, [r for r in rows if 'max_ll_diff' in r]
     sp = [r['speedup'] for r in rows]
     print(f"total: llmlite {tot['llmlite']:.1f} s, lm-eval {tot['lm-eval']:.1f} s, ratio {tot['lm-eval'] / tot['llmlite']:.2f}x; "
           f"per task speedup median {np.median(sp):.2f}x (quartiles {np.quantile(sp, .25):.2f}-{np.quantile(sp, .75):.2f}); "
-          f"all agreement 100%: {all(v == 1. for r in rows for v in r['agreement'].values())}; max |ll diff| {max(r['max_ll_diff'] for r in rows):.2e} (relative {max(r['max_ll_rel'] for r in rows):.1e}, per token {max(r['max_ll_diff_per_token'] for r in rows):.1e}; against float64 on the worst pairs: llmlite {max(r['worst16_vs_float64']['llmlite'] for r in rows):.2e}, lm-eval {max(r['worst16_vs_float64']['lm_eval'] for r in rows):.2e}); "
+          f"all agreement 100%: {all(v == 1. for r in rows for v in r['agreement'].values())}; " + (f"max |ll diff| {max(r['max_ll_diff'] for r in ll):.2e} (relative {max(r['max_ll_rel'] for r in ll):.1e}, per token {max(r['max_ll_diff_per_token'] for r in ll):.1e}; against float64 on the worst pairs: llmlite {max(r['worst16_vs_float64']['llmlite'] for r in ll):.2e}, lm-eval {max(r['worst16_vs_float64']['lm_eval'] for r in ll):.2e}); " if ll else '') +
           f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB; load {load_avg()}")
 
 if __name__ == '__main__': main()
