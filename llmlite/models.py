@@ -16,8 +16,8 @@ from .packed import PACKED_ROWS, PackedTensor, join_error, join_rows, packed_mm
 from .cache import CacheConfig, Cache, layer_budgets
 
 # %% auto #0
-__all__ = ['acts', 'configs', 'Config', 'make_norm', 'embedding', 'linear', 'Attention', 'MLP', 'Block', 'make_block', 'Decoder',
-           'chunked_ce', 'join_packed', 'blocks', 'checkpoint_blocks', 'check_loaded']
+__all__ = ['acts', 'configs', 'Config', 'make_norm', 'embedding', 'make_linear', 'Attention', 'MLP', 'Block', 'make_block',
+           'Decoder', 'chunked_ce', 'join_packed', 'blocks', 'checkpoint_blocks', 'check_loaded']
 
 # %% ../nbs/07_models.ipynb #9d42abfe
 acts = {'silu': F.silu, 'relu': F.relu, 'gelu': F.gelu, 'gelu_tanh': lambda x: F.gelu(x, approximate='tanh')}
@@ -142,7 +142,7 @@ def embedding(n:int, dim:int) -> nn.Embedding:
     if not e.weight.is_meta: nn.init.normal_(e.weight)
     return e
 
-def linear(i:int, o:int, bias:bool=True) -> nn.Linear:
+def make_linear(i:int, o:int, bias:bool=True) -> nn.Linear:
     "`nn.Linear(i, o, bias)`, its init skipped on the meta device (where a loader fills the weights, and torch's init costs a Python decomposition per weight: half of building SmolLM2's 30 blocks)."
     w = torch.empty(o, i)
     if not w.is_meta: return nn.Linear(i, o, bias)
@@ -165,10 +165,10 @@ class Attention(nn.Module):
                  scale:float|None=None): # score scale (None: 1/sqrt(head_dim))
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim, self.clip, self.scale, self.joined = n_heads, n_kv_heads, head_dim, clip, scale, {}
-        self.wq = linear(dim, n_heads * head_dim, bias)
-        self.wk = linear(dim, n_kv_heads * head_dim, bias)
-        self.wv = linear(dim, n_kv_heads * head_dim, bias)
-        self.wo = linear(n_heads * head_dim, dim, out_bias)
+        self.wq = make_linear(dim, n_heads * head_dim, bias)
+        self.wk = make_linear(dim, n_kv_heads * head_dim, bias)
+        self.wv = make_linear(dim, n_kv_heads * head_dim, bias)
+        self.wo = make_linear(n_heads * head_dim, dim, out_bias)
         if qk_norm is not None: self.q_norm, self.k_norm = qk_norm(n_heads * head_dim), qk_norm(n_kv_heads * head_dim)
 
     def proj(self, x, names:tuple):
@@ -219,8 +219,8 @@ class MLP(nn.Module):
     def __init__(self, dim:int, hidden:int, act=F.silu, bias:bool=False, gated:bool=True):
         super().__init__()
         self.act, self.joined = act, {}
-        if gated: self.gate = linear(dim, hidden, bias)
-        self.up, self.down = linear(dim, hidden, bias), linear(hidden, dim, bias)
+        if gated: self.gate = make_linear(dim, hidden, bias)
+        self.up, self.down = make_linear(dim, hidden, bias), make_linear(hidden, dim, bias)
     def forward(self, x):
         if not hasattr(self, 'gate'): return self.down(self.act(self.up(x)))
         j = _joined(self, ('gate', 'up'))
@@ -262,7 +262,7 @@ class Decoder(nn.Module):
         self.emb = embedding(cfg.vocab_size, cfg.dim)
         self.blocks = nn.ModuleList(make_block(cfg) for _ in range(cfg.n_layers))
         self.norm = make_norm(cfg)
-        self.head = linear(cfg.dim, cfg.vocab_size, False)
+        self.head = make_linear(cfg.dim, cfg.vocab_size, False)
         self.tie()
 
     def tie(self):
