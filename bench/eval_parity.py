@@ -101,7 +101,8 @@ def main():
             ps = icl_prompts(t['task'], kind, k, prefix_space=needs_prefix_space(tok), limit=n, **o)
             if kind == 'generation_task_with_answers':      # greedy answers from the same token ids; Foundry's length: the longest answer's tokens
                 ids, n_new = [encode_pair(tok, p['pre'], p['context'], '')[0] for p in ps], max(len(tok.encode(x)) for p in ps for x in p['answers'])
-                stop = list(dict.fromkeys([*tok.stop_ids, *([hf.generation_config.eos_token_id] if isinstance(hf.generation_config.eos_token_id, int) else hf.generation_config.eos_token_id or [])]))
+                eos = hf.generation_config.eos_token_id                 # an id, a list of them or None
+                stop = list(dict.fromkeys(tok.stop_ids + (eos if isinstance(eos, list) else [] if eos is None else [eos])))
                 res, secs, la = {}, {}, {}
                 for side in (['llmlite', 'lm-eval'] if turn % 2 == 0 else ['lm-eval', 'llmlite']):
                     t0 = time.perf_counter()
@@ -109,7 +110,7 @@ def main():
                     secs[side], la[side] = time.perf_counter() - t0, load_avg()
                 turn += 1
                 hits = {s_: [answer_match(tok.decode(o), p['answers']) for o, p in zip(res[s_], ps)] for s_ in res}
-                r = dict(task=f'{name}/{k}-shot', n=len(ps), new_tokens=n_new, tokens=dict(llmlite=sum(map(len, ids)), lm_eval=sum(map(len, ids))),
+                r = dict(task=f'{name}/{k}-shot', n=len(ps), new_tokens=n_new, tokens=dict.fromkeys(('llmlite', 'lm_eval'), sum(map(len, ids))),
                          same_tokens=float(np.mean([a_ == b_ for a_, b_ in zip(res['llmlite'], res['lm-eval'])])),
                          agreement=dict(exact_match=float(np.mean([a_ == b_ for a_, b_ in zip(hits['llmlite'], hits['lm-eval'])]))),
                          llmlite=dict(exact_match=float(np.mean(hits['llmlite']))), lm_eval=dict(exact_match=float(np.mean(hits['lm-eval']))),
