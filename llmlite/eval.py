@@ -8,7 +8,7 @@ Docs: https://llmlite.github.io/llmlite/eval.html.md"""
 from __future__ import annotations
 import json, math, random, re, string
 from pathlib import Path
-import numpy as np, torch, torch.nn.functional as F
+import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from .core import LLMLiteError, check, train_mode
 from .data import Records, read_records, need, Loader, cls_data, seq2seq_data, model_args
 from .generate import generate, generate_ids, generate_seq2seq
@@ -46,15 +46,26 @@ def _score_rows(model, gs, rows, dev):
                 s += m
             o = s
     see = (doc[:, :, None] == doc[:, None]) & ((br[:, None] == 0) | (br[:, :, None] == br[:, None])) & torch.ones(T, T, dtype=torch.bool).tril()
-    y = model(x.to(dev), see=see.to(dev), keep=keep.to(dev))
+    W, hs = model.head.weight, []
+    refine = type(model.head) is nn.Linear and model.head.bias is None and type(W.data) is torch.Tensor   # a plain head: its input is kept to redo some logits in float64
+    hook = model.head.register_forward_hook(lambda mod, a, out: hs.append(a[0])) if refine else None
+    try: y = model(x.to(dev), see=see.to(dev), keep=keep.to(dev))
+    finally:
+        if hook: hook.remove()
     y = y.reshape(-1, y.shape[-1]).to(torch.promote_types(y.dtype, torch.float32))   # (kept slots, vocab): bf16/fp16 logits in fp32
     at = keep.view(-1).cumsum(0) - 1                   # the row of `y` of each kept slot (a context's last slot serves each of its choices)
     m = y.max(-1, keepdim=True).values
-    lse = (m[:, 0].double() + (y - m).exp_().sum(-1).double().log()).cpu()   # log-sum-exp, its log and the subtraction below in float64: torch's float32 log_softmax drifts ~1e-5 a token
-    top = y.argmax(-1).cpu()
-    for gi, j, s, tgt in want:
-        r, t = at[s], torch.tensor(tgt)
-        yield gi, j, (lse[r] - y[r.to(dev), t.to(dev)].cpu().double(), bool((top[r] == t).all()))
+    e = (y - m).exp_()
+    s = e.sum(-1).double()
+    if refine:                                         # the 4 likeliest tokens' logits (and below the targets') again in float64, from the head's input
+        h, top = hs[0].reshape(len(y), -1).double(), y.topk(4, -1).indices
+        s += ((h[:, None] * W[top].double()).sum(-1) - m.double()).exp().sum(-1) - e.gather(1, top).double().sum(-1)
+    lse = m[:, 0].double() + s.log()                   # log-sum-exp, its log and the subtractions in float64: torch's float32 log_softmax drifts ~1e-5 a token
+    best = y.argmax(-1)
+    for gi, j, sl, tgt in want:
+        r, t = at[sl].to(dev), torch.tensor(tgt, device=dev)
+        logit = (h[r] * W[t].double()).sum(-1) if refine else y[r, t].double()
+        yield gi, j, ((lse[r] - logit).cpu(), bool((best[r] == t).all()))
 
 # %% ../nbs/18_eval.ipynb #411c1d9d
 @torch.no_grad()
