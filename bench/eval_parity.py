@@ -12,7 +12,8 @@ normalisation (sum, per character, per token; greedy match for LAMBADA), the lar
 float64 against both sides' results, which says how much of the difference is rounding on either side),
 and the time of each side, run alternately (which side goes first alternates), with the load average. For triviaqa both
 sides decode greedily from the same token ids for Foundry's length (the longest answer's tokens), llmlite with
-`generate_ids`, lm-eval with HFLM's `_model_generate` (left-padded batches, as its `generate_until` calls it); printed: the
+`greedy_ids` (continuous batching, as `evaluate` generates), lm-eval with HFLM's `_model_generate` (the longest prompts first in
+left-padded batches, as its `generate_until` calls it); printed: the
 share of identical generations and of equal exact-match verdicts (Foundry's normalised match), and each side's accuracy.
 `--dtype` is the dtype transformers' model is made in (default float64, lm-eval's most exact setting: transformers still
 computes the matmuls over the GGUF file's weights in float32 -- transformers 5 keeps them packed, its kernels cast each
@@ -32,7 +33,7 @@ import numpy as np, torch, transformers
 from lm_eval.models.huggingface import HFLM
 from llmlite.cli import default_model
 from llmlite.eval import check_task, icl_prompts, encode_pair, needs_prefix_space, score, choice_metrics, lm_metrics, answer_match
-from llmlite.generate import generate_ids
+from llmlite.generate import greedy_ids
 from llmlite.loading import load
 
 DATA = Path(__file__).parent/'data'/'icl'
@@ -53,24 +54,15 @@ def cut(ts, stop):
     "Token ids `ts` up to the first of `stop`."
     return next((ts[:i] for i, t in enumerate(ts) if t in stop), ts)
 
-def ours_generate(model, tok, ids, n, bs):
-    "llmlite's greedy continuations (token ids, cut at a stop id) of every prompt, `bs` prompts a batch."
-    out = []
-    for j in range(0, len(ids), bs):
-        rows = [[] for _ in ids[j:j + bs]]
-        for t in generate_ids(model, ids[j:j + bs], n, stop_ids=tok.stop_ids, pad_id=tok.pad_id):
-            for r, x in zip(rows, t.tolist()): r.append(x)
-        out += [cut(r, tok.stop_ids) for r in rows]
-    return out
-
 def theirs_generate(lm, ids, n, bs, stop):
-    "lm-eval's greedy continuations (HFLM._model_generate, as its generate_until calls it) of the same token ids, left-padded `bs` a batch."
-    out, pad = [], lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else stop[0]
+    "lm-eval's greedy continuations (HFLM._model_generate, as its generate_until calls it: the longest prompts first, `bs` a left-padded batch) of the same token ids."
+    out, pad = [None] * len(ids), lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else stop[0]
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     for j in range(0, len(ids), bs):
-        b = ids[j:j + bs]; T = max(map(len, b))
+        b = [ids[i] for i in order[j:j + bs]]; T = max(map(len, b))
         x = torch.tensor([[pad] * (T - len(i)) + i for i in b]); mask = torch.tensor([[0] * (T - len(i)) + [1] * len(i) for i in b])
         with torch.no_grad(): y = lm._model_generate(x, T + n, [], attention_mask=mask)
-        out += [cut(r[T:].tolist(), stop) for r in y]
+        for i, r in zip(order[j:j + bs], y): out[i] = cut(r[T:].tolist(), stop)
     return out
 
 def main():
@@ -106,7 +98,7 @@ def main():
                 res, secs, la = {}, {}, {}
                 for side in (['llmlite', 'lm-eval'] if turn % 2 == 0 else ['lm-eval', 'llmlite']):
                     t0 = time.perf_counter()
-                    res[side] = ours_generate(model, tok, ids, n_new, a.bs) if side == 'llmlite' else theirs_generate(lm, ids, n_new, a.bs, stop)
+                    res[side] = greedy_ids(model, ids, n_new, tok.stop_ids, tok.pad_id, a.bs) if side == 'llmlite' else theirs_generate(lm, ids, n_new, a.bs, stop)
                     secs[side], la[side] = time.perf_counter() - t0, load_avg()
                 turn += 1
                 hits = {s_: [answer_match(tok.decode(o), p['answers']) for o, p in zip(res[s_], ps)] for s_ in res}

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from .core import LLMLiteError, check, train_mode
 from .data import Records, read_records, need, Loader, cls_data, seq2seq_data, model_args
-from .generate import generate, generate_ids, generate_seq2seq
+from .generate import generate, greedy_ids, generate_seq2seq
 
 # %% auto #0
 __all__ = ['task_kinds', 'icl_settings', 'score', 'task_kind', 'check_records', 'fewshot_idxs', 'needs_prefix_space',
@@ -248,15 +248,10 @@ icl_settings = dict(prompt_string='', example_delimiter='\n', continuation_delim
                     cot_delimiter='', strip_dataset=True, early_stopping_criteria=None, do_normalization=True)
 
 def _answers(model, tok, ps, bs, max_new_tokens, stop, convention):
-    "Greedy generations after each prompt of `ps`, stopped at EOS, at `max_new_tokens` or once every one holds a stop string."
-    ids, outs = [encode_pair(tok, p['pre'], p['context'], '', convention)[0] for p in ps], []
-    for j in range(0, len(ids), bs):
-        toks = [[] for _ in ids[j:j + bs]]
-        for t in generate_ids(model, ids[j:j + bs], max_new_tokens, stop_ids=tok.stop_ids, pad_id=tok.pad_id):
-            for o, x in zip(toks, t.tolist()): o.append(x)
-            if stop and all(any(s in tok.decode(o) for s in stop) for o in toks): break
-        outs += [tok.decode(o) for o in toks]
-    return outs
+    "Greedy generations after each prompt of `ps`, each stopped at EOS, at `max_new_tokens` or once it holds a stop string (`greedy_ids`: continuous batching)."
+    ids = [encode_pair(tok, p['pre'], p['context'], '', convention)[0] for p in ps]
+    held = (lambda o: any(s in tok.decode(o) for s in stop)) if stop else None
+    return [tok.decode(o) for o in greedy_ids(model, ids, max_new_tokens, tok.stop_ids, tok.pad_id, bs, held)]
 
 # %% ../nbs/18_eval.ipynb #169dcff0
 def evaluate(model, tok, task, # A JSONL path (or any `read_records` source), a list of dicts, a Foundry `icl_tasks` entry, or a loader from cls_data/mlm_data/seq2seq_data

@@ -14,13 +14,14 @@ import torch
 from safetensors.torch import save_file
 from .core import LLMLiteError, check
 from .formats import atomic_write, SafetensorsFile
+from .attention import KVCache
 from .cache import CacheConfig
 from .adapters import adapter_rows
 from .seq2seq import EncoderDecoder
 
 # %% auto #0
-__all__ = ['sample', 'Prefix', 'make_prefix', 'save_prefix', 'load_prefix', 'generate_ids', 'encode_prompt', 'generate',
-           'TextStream', 'stream', 'generate_seq2seq']
+__all__ = ['sample', 'Prefix', 'make_prefix', 'save_prefix', 'load_prefix', 'left_pad', 'generate_ids', 'regroup_cache',
+           'greedy_ids', 'encode_prompt', 'generate', 'TextStream', 'stream', 'generate_seq2seq']
 
 # %% ../nbs/13_generate.ipynb #9ced7b25
 def sample(logits, temperature:float=0., top_k:int|None=None, top_p:float|None=None, generator=None):
@@ -90,6 +91,16 @@ def load_prefix(path, model, cache:CacheConfig|None=None) -> Prefix:
     except LLMLiteError as e: raise LLMLiteError(f"{path}: {e}") from None
     return Prefix(meta['text'], ids, ts, chat, made)
 
+# %% ../nbs/13_generate.ipynb #6fa633e6
+def left_pad(ids:list, pad_id:int=0, device=None) -> tuple:
+    "(tokens, valid), both (B, L), of the token-id lists `ids`, each right-aligned after `pad_id`s."
+    L = max(len(i) for i in ids)
+    x = torch.full((len(ids), L), pad_id, dtype=torch.long, device=device)
+    valid = torch.zeros(len(ids), L, dtype=torch.bool, device=device)
+    for r, i in enumerate(ids):
+        if i: x[r, L - len(i):] = torch.tensor(i, device=device); valid[r, L - len(i):] = True
+    return x, valid
+
 # %% ../nbs/13_generate.ipynb #4bc946fb
 @torch.no_grad()
 def generate_ids(model, ids:list, max_new_tokens:int=256, temperature:float=0., top_k:int|None=None, top_p:float|None=None,
@@ -112,10 +123,7 @@ def generate_ids(model, ids:list, max_new_tokens:int=256, temperature:float=0., 
     check(prefix is None or prefix.cache == cache, f"the prefix cache was made with cache settings {prefix and prefix.cache}, not {cache}: make it with the same CacheConfig")
     kv = model.new_cache(B, P + L + max_new_tokens, config=cache)
     if prefix: kv.load(prefix.state, P)
-    x = torch.full((B, L), pad_id, dtype=torch.long, device=dev)
-    valid = torch.zeros(B, L, dtype=torch.bool, device=dev)
-    for r, i in enumerate(ids):
-        if i: x[r, L - len(i):] = torch.tensor(i, device=dev); valid[r, L - len(i):] = True
+    x, valid = left_pad(ids, pad_id, dev)
     g = torch.Generator(dev).manual_seed(seed) if seed is not None else None
     stop = torch.tensor(sorted(set(stop_ids)) or [-1], device=dev)
     done = torch.zeros(B, dtype=torch.bool, device=dev)
@@ -127,6 +135,54 @@ def generate_ids(model, ids:list, max_new_tokens:int=256, temperature:float=0., 
         done |= torch.isin(t, stop)
         if bool(done.all()): return
         logits = fwd(model, t[:, None], cache=kv, last=True)[:, -1]
+
+# %% ../nbs/13_generate.ipynb #8a3d8b8d
+def regroup_cache(model, parts:list, # (KVCache or None, indices of the rows to keep) pairs, in the order the rows go
+                  P:int, # the most tokens any kept row holds: each row's last `P` positions are copied, right-aligned
+                  extra:int) -> KVCache|None: # room for this many tokens more
+    "One new KV cache of the kept rows of left-padded caches (None when none is kept)."
+    parts = [(c, idx) for c, idx in parts if c is not None and len(idx)]
+    if not parts: return None
+    kv, j = model.new_cache(sum(len(idx) for _, idx in parts), P + extra), 0
+    for old, idx in parts:
+        i, w = torch.tensor(idx, device=kv.valid.device), min(old.pos, P)
+        for a, b in zip(kv.k + kv.v, old.k + old.v): a[j:j + len(idx), :, P - w:P] = b[i, :, old.pos - w:old.pos]
+        kv.valid[j:j + len(idx), P - w:P] = old.valid[i, old.pos - w:old.pos]
+        j += len(idx)
+    kv.pos = P
+    return kv
+
+@torch.no_grad()
+def greedy_ids(model, ids:list, max_new_tokens:int=256, stop_ids=(), pad_id:int=0,
+               bs:int=16, # rows decoded together at most
+               stop_if=None, # `stop_if(new ids)` true ends that prompt too, e.g. once its text holds a stop string
+               join:int|None=None, # waiting prompts join once this many rows are free (default a quarter of `bs`): each join is one more forward pass
+              ) -> list[list[int]]:
+    "Each prompt's greedy new tokens, up to its first stop id (left out): `bs` rows decode as one batch, the longest prompts first, the next ones taking finished rows' places between steps."
+    dev, ctx, stop, alibi = model.emb.weight.device, model.cfg.max_seq_len, set(stop_ids), model.cfg.pos == 'alibi'
+    for i in ids: check(0 < len(i) and (alibi or len(i) < ctx), f"a prompt of {len(i)} tokens: give at least one, and fewer than the model's context of {ctx} (config field max_seq_len)")
+    want = [max_new_tokens if alibi else min(max_new_tokens, ctx - len(i)) for i in ids]
+    out, over, todo, rows, kv, join = [[] for _ in ids], set(), sorted(range(len(ids)), key=lambda i: len(ids[i])), [], None, join or max(1, bs // 4)
+    def take(rs, logits):
+        for i, t in zip(rs, logits.argmax(-1).tolist()):
+            out[i].append(t)
+            if t in stop or len(out[i]) >= want[i] or (stop_if is not None and stop_if(out[i])): over.add(i)
+    def regroup(parts):
+        nonlocal rows, kv
+        keep = [(c, [j for j, i in enumerate(rs) if i not in over]) for c, rs in parts]
+        rows = [rs[j] for (_, js), (_, rs) in zip(keep, parts) for j in js]
+        kv = regroup_cache(model, keep, max((len(ids[i]) + len(out[i]) - 1 for i in rows), default=0), max((want[i] - len(out[i]) for i in rows), default=0))
+    while todo or rows:
+        if todo and (not rows or bs - len(rows) >= join):     # the longest waiting prompts join, as one left-padded batch
+            new = [todo.pop() for _ in range(min(bs - len(rows), len(todo)))]
+            x, valid = left_pad([ids[i] for i in new], pad_id, dev)
+            c = model.new_cache(len(new), x.shape[1])
+            take(new, model(x, cache=c, valid=valid, last=True)[:, -1])
+            regroup([(kv, rows), (c, new)])
+        if rows:
+            take(rows, model(torch.tensor([[out[i][-1]] for i in rows], device=dev), cache=kv, last=True)[:, -1])
+            if over.intersection(rows): regroup([(kv, rows)])
+    return [o[:-1] if o and o[-1] in stop else o for o in out]
 
 # %% ../nbs/13_generate.ipynb #3b7be911
 def _is_batch(prompt):

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 from .core import LLMLiteError, check
 from .adapters import adapter_names, adapter_rows
-from .generate import TextStream, encode_prompt, sample
+from .generate import TextStream, encode_prompt, left_pad, regroup_cache, sample
 
 # %% auto #0
 __all__ = ['RequestError', 'Request', 'Engine', 'ChatBody', 'CompletionBody', 'serve_app', 'running', 'serve']
@@ -93,29 +93,16 @@ def advance(self:Engine, rows:list, logits):
 # %% ../nbs/20_serve.ipynb #bd448d78
 @patch
 def regroup(self:Engine, parts:list):
-    "Make the running batch the requests not done of each (cache, requests) in `parts`, in one new cache."
-    keep = [(kv, [(i, r) for i, r in enumerate(rs) if not r.done]) for kv, rs in parts if kv is not None]
-    self.rows = [r for _, ir in keep for _, r in ir]
-    if not self.rows: self.kv = None; return
-    P = max(r.len for r in self.rows)
-    self.kv = kv = self.model.new_cache(len(self.rows), P + max(r.max_tokens - r.n for r in self.rows))
-    j = 0
-    for old, ir in keep:
-        if not ir: continue
-        idx, w = torch.tensor([i for i, _ in ir], device=kv.valid.device), min(old.pos, P)
-        for a, b in zip(kv.k + kv.v, old.k + old.v): a[j:j + len(ir), :, P - w:P] = b[idx, :, old.pos - w:old.pos]
-        kv.valid[j:j + len(ir), P - w:P] = old.valid[idx, old.pos - w:old.pos]
-        j += len(ir)
-    kv.pos = P
+    "Make the running batch the requests not done of each (cache, requests) in `parts`, in one new cache (`regroup_cache`)."
+    keep = [(kv, [i for i, r in enumerate(rs) if not r.done]) for kv, rs in parts]
+    self.rows = [rs[i] for (_, idx), (_, rs) in zip(keep, parts) for i in idx]
+    self.kv = regroup_cache(self.model, keep, max((r.len for r in self.rows), default=0), max((r.max_tokens - r.n for r in self.rows), default=0))
 
 @patch
 def prefill(self:Engine, new:list):
     "Compute the prompts of requests `new` as one left-padded batch, give each its first token, and join them to the running batch."
-    L, dev = max(r.len for r in new), self.kv.valid.device if self.kv is not None else self.model.emb.weight.device
-    x = torch.full((len(new), L), self.tok.pad_id or 0, dtype=torch.long, device=dev)
-    valid = torch.zeros(len(new), L, dtype=torch.bool, device=dev)
-    for i, r in enumerate(new): x[i, L - r.len:] = torch.tensor(r.ids, device=dev); valid[i, L - r.len:] = True
-    kv = self.model.new_cache(len(new), L)
+    x, valid = left_pad([r.ids for r in new], self.tok.pad_id or 0, self.model.emb.weight.device)
+    kv = self.model.new_cache(len(new), x.shape[1])
     self.advance(new, self.forward(new, x, cache=kv, valid=valid))
     self.stats['prefills'] += 1
     self.regroup([(self.kv, self.rows), (kv, new)])
