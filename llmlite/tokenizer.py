@@ -241,7 +241,9 @@ def _gguf_bpe(toks, merges, pre):
     abc = byte_alphabet(); other = re.compile(f"[^{re.escape(''.join(abc.values()))}]")   # a character outside the byte alphabet
     spell = lambda t: t if not other.search(t) else ''.join(abc[b] for b in t.encode())
     vocab = dict(zip(toks, range(len(toks)))) if not other.search(''.join(toks)) else {spell(t): i for i, t in enumerate(toks)}   # one scan when every token is spelled in the byte alphabet already
-    tk = TkTokenizer(models.BPE(vocab, [tuple(m.split(' ', 1)) for m in merges],
+    parts = ' '.join(merges).split(' ')   # a byte-level token holds no plain space, so each merge has one: all split at once
+    pairs = list(zip(parts[::2], parts[1::2])) if len(parts) == 2 * len(merges) else [tuple(m.split(' ', 1)) for m in merges]
+    tk = TkTokenizer(models.BPE(vocab, pairs,
                                 fuse_unk=False, continuing_subword_prefix='', end_of_word_suffix=''))
     split = gguf_pre_splits.get(pre)
     tk.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior='isolated'), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
