@@ -183,8 +183,31 @@ def _read(self:GGUFFile, fmt):
     return v[0]
 
 @patch
+def _strs_at_once(self:GGUFFile, n:int) -> list|None:
+    "The `n` strings at the current byte found and decoded by numpy, or None where they cannot be (a length over 255, a NUL byte in a string, bad UTF-8): `_strs` then reads them one by one."
+    o = self.o
+    for win in (20, 80):                                   # bytes a string may take on average, length included
+        b = self.buf[o:o + win * n].view(np.ndarray)
+        z = b == 0
+        run = z[1:len(b) - 6].copy()
+        for j in range(2, 8): run &= z[j:len(b) - 7 + j]
+        c = np.flatnonzero(run)[:n]                        # maybe length fields: a byte, then seven zero bytes
+        if len(c) < n: continue
+        L = b[c].astype(np.int64)
+        stop = int(c[-1] + 8 + L[-1])
+        if c[0] or stop > len(b) or not (c[1:] == c[:-1] + 8 + L[:-1]).all(): continue   # each one where the string before ends: the file's own chain
+        keep = np.ones(stop, bool); keep[(c[:, None] + np.arange(1, 8)).ravel()] = False
+        d = b[:stop].copy(); d[c] = 0                       # each length field becomes one NUL byte, the separator
+        try: out = d[keep].tobytes().decode('utf-8').split('\x00')[1:]
+        except UnicodeDecodeError: return None
+        if len(out) != n: return None
+        self.o = o + stop
+        return out
+
+@patch
 def _strs(self:GGUFFile, n:int) -> list:
-    "`n` strings in a row, each a u64 length and UTF-8 bytes, read through one memoryview (slicing the memory map itself costs an object per slice)."
+    "`n` strings in a row, each a u64 length and UTF-8 bytes: a vocabulary's thousands at once (`_strs_at_once`), else through one memoryview (slicing the memory map itself costs an object per slice)."
+    if n >= 1024 and (out := self._strs_at_once(n)) is not None: return out
     mv, o, end, out = memoryview(self.buf), self.o, len(self.buf), []
     for _ in range(n):
         if end - o < 8: self.o = o; self._need(8, 'a string')
