@@ -6,7 +6,7 @@ Docs: https://llmlite.github.io/llmlite/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #cf80b0a5
 from __future__ import annotations
-import ctypes, functools, os, random, sys, threading, time
+import ctypes, functools, gc, os, random, sys, threading, time
 from contextlib import contextmanager
 import numpy as np, torch
 from tqdm import tqdm
@@ -14,7 +14,7 @@ from .errors import LLMLiteError, check
 
 # %% auto #0
 __all__ = ['BF16_FLAGS', 'default_device', 'default_dtype', 'as_dtype', 'cpu_flags', 'native_bf16', 'seed_everything',
-           'all_finite', 'rss', 'MemoryMeter', 'trim_heap', 'progress', 'train_mode']
+           'all_finite', 'rss', 'MemoryMeter', 'trim_heap', 'gc_paused', 'progress', 'train_mode']
 
 # %% ../nbs/00_core.ipynb #d6ca1d1b
 def default_device():
@@ -97,6 +97,15 @@ except OSError: _libc = None
 def trim_heap():
     "Give the free pages of the C heap back to the system (glibc's `malloc_trim`), so RSS follows the live tensors."
     if _libc is not None and hasattr(_libc, 'malloc_trim'): _libc.malloc_trim(0)
+
+# %% ../nbs/00_core.ipynb #0620fabe
+@contextmanager
+def gc_paused():
+    "Pause Python's cyclic garbage collector (if it runs) for a block that makes many objects and frees few: loading a model builds tens of thousands of strings, tuples and modules, and each collection would walk them again."
+    on = gc.isenabled(); gc.disable()
+    try: yield
+    finally:
+        if on: gc.enable()
 
 # %% ../nbs/00_core.ipynb #1f08581a
 def progress(items, total:int, # bytes the items add up to
