@@ -46,8 +46,8 @@ def _score_rows(model, gs, rows, dev):
                 s += m
             o = s
     see = (doc[:, :, None] == doc[:, None]) & ((br[:, None] == 0) | (br[:, :, None] == br[:, None])) & torch.ones(T, T, dtype=torch.bool).tril()
-    W, hs = model.head.weight, []
-    refine = type(model.head) is nn.Linear and model.head.bias is None and type(W.data) is torch.Tensor   # a plain head: its input is kept to redo some logits in float64
+    refine = type(model.head) is nn.Linear and model.head.bias is None and type(model.head.weight.data) is torch.Tensor   # a plain head: its input is kept to redo some logits in float64
+    W, hs = model.head.weight if refine else None, []
     hook = model.head.register_forward_hook(lambda mod, a, out: hs.append(a[0])) if refine else None
     try: y = model(x.to(dev), see=see.to(dev), keep=keep.to(dev))
     finally:
@@ -56,11 +56,11 @@ def _score_rows(model, gs, rows, dev):
     at = keep.view(-1).cumsum(0) - 1                   # the row of `y` of each kept slot (a context's last slot serves each of its choices)
     m = y.max(-1, keepdim=True).values
     e = (y - m).exp_()
-    s = e.sum(-1).double()
+    tot = e.sum(-1).double()
     if refine:                                         # the 4 likeliest tokens' logits (and below the targets') again in float64, from the head's input
         h, top = hs[0].reshape(len(y), -1).double(), y.topk(4, -1).indices
-        s += ((h[:, None] * W[top].double()).sum(-1) - m.double()).exp().sum(-1) - e.gather(1, top).double().sum(-1)
-    lse = m[:, 0].double() + s.log()                   # log-sum-exp, its log and the subtractions in float64: torch's float32 log_softmax drifts ~1e-5 a token
+        tot += ((h[:, None] * W[top].double()).sum(-1) - m.double()).exp().sum(-1) - e.gather(1, top).double().sum(-1)
+    lse = m[:, 0].double() + tot.log()                   # log-sum-exp, its log and the subtractions in float64: torch's float32 log_softmax drifts ~1e-5 a token
     best = y.argmax(-1)
     for gi, j, sl, tgt in want:
         r, t = at[sl].to(dev), torch.tensor(tgt, device=dev)

@@ -94,6 +94,7 @@ def advance(self:Engine, rows:list, logits):
 @patch
 def regroup(self:Engine, parts:list):
     "Make the running batch the requests not done of each (cache, requests) in `parts`, in one new cache (`regroup_cache`)."
+    parts = [(kv, rs) for kv, rs in parts if kv is not None]
     keep = [(kv, [i for i, r in enumerate(rs) if not r.done]) for kv, rs in parts]
     self.rows = [rs[i] for (_, idx), (_, rs) in zip(keep, parts) for i in idx]
     self.kv = regroup_cache(self.model, keep, max((r.len for r in self.rows), default=0), max((r.max_tokens - r.n for r in self.rows), default=0))
