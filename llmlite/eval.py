@@ -59,7 +59,7 @@ def _score_rows(model, gs, rows, dev):
     tot = e.sum(-1).double()
     if refine:                                         # the 4 likeliest tokens' logits (and below the targets') again in float64, from the head's input
         h, top = hs[0].reshape(len(y), -1).double(), y.topk(4, -1).indices
-        tot += ((h[:, None] * W[top].double()).sum(-1) - m.double()).exp().sum(-1) - e.gather(1, top).double().sum(-1)
+        tot += (torch.einsum('nd,nkd->nk', h, W[top].double()) - m.double()).exp().sum(-1) - e.gather(1, top).double().sum(-1)
     lse = m[:, 0].double() + tot.log()                   # log-sum-exp, its log and the subtractions in float64: torch's float32 log_softmax drifts ~1e-5 a token
     best = y.argmax(-1)
     for gi, j, sl, tgt in want:

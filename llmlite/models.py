@@ -144,10 +144,9 @@ def embedding(n:int, dim:int) -> nn.Embedding:
 
 def make_linear(i:int, o:int, bias:bool=True) -> nn.Linear:
     "`nn.Linear(i, o, bias)`, its init skipped on the meta device (where a loader fills the weights, and torch's init costs a Python decomposition per weight: half of building SmolLM2's 30 blocks)."
-    w = torch.empty(o, i)
-    if not w.is_meta: return nn.Linear(i, o, bias)
+    if not torch.empty(0).is_meta: return nn.Linear(i, o, bias)
     l = nn.Linear.__new__(nn.Linear); nn.Module.__init__(l)
-    l.in_features, l.out_features, l.weight = i, o, nn.Parameter(w)
+    l.in_features, l.out_features, l.weight = i, o, nn.Parameter(torch.empty(o, i))
     l.register_parameter('bias', nn.Parameter(torch.empty(o)) if bias else None)
     return l
 

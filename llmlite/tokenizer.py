@@ -240,8 +240,9 @@ def _gguf_bpe(toks, merges, pre):
     "Byte-level BPE, as transformers builds it from a `gpt2` GGUF vocabulary."
     abc = byte_alphabet(); other = re.compile(f"[^{re.escape(''.join(abc.values()))}]")   # a character outside the byte alphabet
     spell = lambda t: t if not other.search(t) else ''.join(abc[b] for b in t.encode())
-    vocab = dict(zip(toks, range(len(toks)))) if not other.search(''.join(toks)) else {spell(t): i for i, t in enumerate(toks)}   # one scan when every token is spelled in the byte alphabet already
-    parts = ' '.join(merges).split(' ')   # a byte-level token holds no plain space, so each merge has one: all split at once
+    plain = not other.search(''.join(toks))   # every token spelled in the byte alphabet already (one scan), so none holds a plain space
+    vocab = dict(zip(toks, range(len(toks)))) if plain else {spell(t): i for i, t in enumerate(toks)}
+    parts = ' '.join(merges).split(' ') if plain else []   # then each merge holds one space: all split at once
     pairs = list(zip(parts[::2], parts[1::2])) if len(parts) == 2 * len(merges) else [tuple(m.split(' ', 1)) for m in merges]
     tk = TkTokenizer(models.BPE(vocab, pairs,
                                 fuse_unk=False, continuing_subword_prefix='', end_of_word_suffix=''))
