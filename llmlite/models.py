@@ -12,7 +12,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from fastcore.basics import patch
 from .core import LLMLiteError, check
 from .attention import RMSNorm, rope_freqs, rope_cos_sin, apply_rope, alibi_slopes, alibi_bias, attn_mask, attend, KVCache
-from .packed import PACKED_ROWS, PackedTensor, join_error, join_rows, packed_mm
+from .packed import PACKED_ROWS, PackedTensor, join_error, join_rows, packed_mm, decode_block
 from .cache import CacheConfig, Cache, layer_budgets
 
 # %% auto #0
@@ -390,20 +390,25 @@ def _fused_blocks(m, cache) -> list|None:
     return out
 
 def _fused(m, plan:list, h, pos, mask, cache, last:bool):
-    "`Decoder.forward`'s blocks, norm and head for embeddings `h` (B, T, dim) at positions `pos` (B or 1, T) by `plan` (`_fused_blocks`): four kernel calls a block."
+    "`Decoder.forward`'s blocks, norm and head for embeddings `h` (B, T, dim) at positions `pos` (B or 1, T) by `plan` (`_fused_blocks`): one kernel call a block for a decoding step (`decode_block`), else four."
     c, (B, T, _) = m.cfg, h.shape
     H, Hk, D = c.n_heads, c.n_kv_heads, c.head_dim
     rope = (*(t.view(1, D) if pos.numel() == 1 else t.expand(B, T, D).reshape(B * T, D)
               for t in rope_cos_sin(rope_freqs(D, c.rope_base, c.rope_scaling, h.device), pos)), H + Hk)   # fp32 tables, one per row (or one for all): q and k heads
-    if torch.is_tensor(mask): mask = torch.zeros(mask.shape, dtype=h.dtype, device=h.device).masked_fill_(~mask, float('-inf'))   # as SDPA turns a boolean one, once per call
     x = h.reshape(B * T, -1)
-    for i, (n1, (wqkv, bqkv, _), wo, n2, (wgu, bgu, (G, _)), down, act, scale) in enumerate(plan):
-        y = packed_mm(x, wqkv, n1.weight, n1.eps, bias=bqkv, rope=rope).view(B, T, H + 2 * Hk, D).transpose(1, 2)   # normalised, biased and turned in the kernel
-        q, k, v = y[:, :H], y[:, H:H + Hk], y[:, H + Hk:]
-        o = attend(q, *((k, v) if cache is None else cache.update(i, k, v)), mask, scale=scale)
-        x = packed_mm(o.transpose(1, 2).reshape(B * T, -1), wo, residual=x)
-        y = packed_mm(x, wgu, n2.weight, n2.eps, bias=bgu)
-        x = packed_mm(y, down, glu=True, residual=x) if act is F.silu else packed_mm(act(y[:, :G]).mul_(y[:, G:]), down, residual=x)   # SwiGLU inside the kernel
+    if T == 1 and type(cache) is KVCache and cache.k[0].dtype == torch.float32 and len(cache.k[0]) == B and all(p[6] is F.silu for p in plan):
+        for i, (n1, (wqkv, bqkv, _), wo, n2, (wgu, bgu, _), down, _, scale) in enumerate(plan):   # a decoding step: one kernel call a block
+            decode_block(x, wqkv, wo, wgu, down, (n1.weight, n1.eps), (n2.weight, n2.eps), H, Hk, rope[:2], cache.k[i], cache.v[i], cache.pos,
+                         mask[:, 0, 0] if torch.is_tensor(mask) else None, scale, bqkv, bgu)
+    else:
+        if torch.is_tensor(mask): mask = torch.zeros(mask.shape, dtype=h.dtype, device=h.device).masked_fill_(~mask, float('-inf'))   # as SDPA turns a boolean one, once per call
+        for i, (n1, (wqkv, bqkv, _), wo, n2, (wgu, bgu, (G, _)), down, act, scale) in enumerate(plan):
+            y = packed_mm(x, wqkv, n1.weight, n1.eps, bias=bqkv, rope=rope).view(B, T, H + 2 * Hk, D).transpose(1, 2)   # normalised, biased and turned in the kernel
+            q, k, v = y[:, :H], y[:, H:H + Hk], y[:, H + Hk:]
+            o = attend(q, *((k, v) if cache is None else cache.update(i, k, v)), mask, scale=scale)
+            x = packed_mm(o.transpose(1, 2).reshape(B * T, -1), wo, residual=x)
+            y = packed_mm(x, wgu, n2.weight, n2.eps, bias=bgu)
+            x = packed_mm(y, down, glu=True, residual=x) if act is F.silu else packed_mm(act(y[:, :G]).mul_(y[:, G:]), down, residual=x)   # SwiGLU inside the kernel
     if cache is not None: cache.pos += T
     x = x.view(B, T, -1)
     return m.head(m.norm(x[:, -1:] if last else x))

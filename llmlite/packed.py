@@ -16,8 +16,8 @@ from .core import LLMLiteError, check
 from .formats import GGUFFile
 
 # %% auto #0
-__all__ = ['PACKABLE', 'PACKED_ROWS', 'build', 'PackedTensor', 'packed_mm', 'packed_linear', 'join_error', 'join_rows',
-           'from_blocks', 'packed_gguf']
+__all__ = ['PACKABLE', 'PACKED_ROWS', 'build', 'PackedTensor', 'packed_mm', 'packed_linear', 'decode_block', 'join_error',
+           'join_rows', 'from_blocks', 'packed_gguf']
 
 # %% ../nbs/03_packed.ipynb #90247448
 _SRC = r"""
@@ -190,6 +190,57 @@ int matmul(const uint8_t *w, int t, int64_t N, int64_t K, const float *x, int64_
   free(xq); free(xt); free(xd); free(xs);
   return !ok;
 }
+
+/* a · b over n floats */
+static inline float dotf(const float *a, const float *b, int64_t n) {
+  float s = 0; int64_t k = 0;
+#ifdef __AVX2__
+  __m256 v = _mm256_setzero_ps();
+  for (; k + 8 <= n; k += 8) v = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), v);
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  h = _mm_hadd_ps(h, h); h = _mm_hadd_ps(h, h); s = _mm_cvtss_f32(h);
+#endif
+  for (; k < n; k++) s += a[k] * b[k];
+  return s;
+}
+
+/* One decoding step (one new token in each of B rows) through a pre-norm block with joined q/k/v and gate/up weights:
+   x (B, dim) += wo·attention(rope(wqkv·rms(x))); x += down·glu(wgu·rms(x)). The new keys and values go to slot pos of the layer's
+   cache kc, vc (B, Hk, L, D); row b attends to the slots t ≤ pos with valid[b·ldv + t] (all when valid is NULL) and to pos itself.
+   1 if out of memory. */
+int decode_block(const uint8_t *wq, int tq, int64_t nq, const float *bq, const float *g1, float e1, const uint8_t *wo, int to,
+               const uint8_t *wg, int tg, int64_t ng, const float *bg, const float *g2, float e2, const uint8_t *wd, int td,
+               int64_t B, int64_t dim, int64_t H, int64_t Hk, int64_t D, float scale, const float *cs, const float *sn, int64_t ldr,
+               float *kc, float *vc, int64_t L, int64_t pos, const uint8_t *valid, int64_t ldv, float *x) {
+  const int64_t hd = H * D, T = pos + 1, grp = H / Hk;
+  float *y = malloc(B * nq * sizeof(float)), *o = malloc(B * hd * sizeof(float)), *xb = malloc(B * dim * sizeof(float)),
+        *u = malloc(B * ng * sizeof(float)), *p = malloc(B * H * T * sizeof(float));
+  int err = !(y && o && xb && u && p);
+  if (!err) err = matmul(wq, tq, nq, dim, x, dim, B, g1, e1, 0, y, nq, bq, NULL, cs, sn, ldr, H + Hk, D);
+  if (!err) {
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t h = 0; h < Hk; h++) {
+        memcpy(kc + ((b * Hk + h) * L + pos) * D, y + b * nq + (H + h) * D, D * sizeof(float));
+        memcpy(vc + ((b * Hk + h) * L + pos) * D, y + b * nq + (H + Hk + h) * D, D * sizeof(float));
+      }
+    #pragma omp parallel for schedule(static)
+    for (int64_t bh = 0; bh < B * H; bh++) {
+      const int64_t b = bh / H, h = bh % H;
+      const float *q = y + b * nq + h * D, *K = kc + (b * Hk + h / grp) * L * D, *V = vc + (b * Hk + h / grp) * L * D;
+      const uint8_t *ok = valid ? valid + b * ldv : NULL;
+      float *s = p + bh * T, mx = -INFINITY, z = 0, *ob = o + b * hd + h * D;
+      for (int64_t t = 0; t < T; t++) { s[t] = ok && !ok[t] && t != pos ? -INFINITY : dotf(q, K + t * D, D) * scale; mx = fmaxf(mx, s[t]); }
+      for (int64_t t = 0; t < T; t++) { s[t] = s[t] == -INFINITY ? 0 : expf(s[t] - mx); z += s[t]; }
+      memset(ob, 0, D * sizeof(float));
+      for (int64_t t = 0; t < T; t++) if (s[t] != 0) { const float w = s[t] / z, *v = V + t * D; for (int64_t k = 0; k < D; k++) ob[k] += w * v[k]; }
+    }
+    err = matmul(wo, to, dim, hd, o, hd, B, NULL, 0, 0, xb, dim, NULL, x, NULL, NULL, 0, 0, 0);
+  }
+  if (!err) err = matmul(wg, tg, ng, dim, xb, dim, B, g2, e2, 0, u, ng, bg, NULL, NULL, NULL, 0, 0, 0);
+  if (!err) err = matmul(wd, td, dim, ng / 2, u, ng, B, NULL, 0, 1, x, dim, NULL, xb, NULL, NULL, 0, 0, 0);
+  free(y); free(o); free(xb); free(u); free(p);
+  return err;
+}
 """
 _FLAGS = ('-O3', '-march=native', '-ffp-contract=off', '-fopenmp', '-shared', '-fPIC')   # no contraction: dequantize gives gguf's floats exactly
 
@@ -217,6 +268,7 @@ def build(flags:tuple=_FLAGS) -> ctypes.CDLL:
     lib, P, I = ctypes.CDLL(str(so)), ctypes.c_void_p, ctypes.c_int64
     lib.matmul.argtypes, lib.matmul.restype = [P, ctypes.c_int, I, I, P, I, I, P, ctypes.c_float, ctypes.c_int, P, I, P, P, P, P, I, I, I], ctypes.c_int
     lib.dequant.argtypes, lib.dequant.restype = [P, ctypes.c_int, I, P, I, P], None
+    lib.decode_block.argtypes, lib.decode_block.restype = [P, ctypes.c_int, I, P, P, ctypes.c_float, P, ctypes.c_int, P, ctypes.c_int, I, P, P, ctypes.c_float, P, ctypes.c_int, I, I, I, I, I, ctypes.c_float, P, P, I, P, P, I, I, P, I, P], ctypes.c_int
     return lib
 
 _kernel = cache(build)
@@ -308,6 +360,40 @@ def __torch_dispatch__(cls:PackedTensor, func, types, args=(), kwargs=None):
         check(kw.get('device') in (None, w.device), f"a packed weight stays on the CPU (llmlite's C kernel): load with packed=False for {kw.get('device')}")
         return w._new(kw.get('dtype') or w.dtype)
     raise NotImplementedError(f"PackedTensor does not support {func}: call `.dequantize()` first (or load with packed=False)")
+
+# %% ../nbs/03_packed.ipynb #73774207
+def decode_block(x:torch.Tensor, # fp32 (B, dim), one new token per row: overwritten with the block's output
+                 qkv:PackedTensor, wo:PackedTensor, gate_up:PackedTensor, down:PackedTensor, # joined q/k/v ((H + 2Hk)·D, dim), wo (dim, H·D), joined gate/up (2F, dim), down (dim, F)
+                 norm1:tuple, norm2:tuple, # (gain, eps) of the RMSNorms before the attention and before the MLP
+                 heads:int, kv_heads:int,
+                 rope:tuple, # (cos, sin): fp32 tables (1 or B, D) at the new tokens' positions
+                 k_cache:torch.Tensor, v_cache:torch.Tensor, # fp32 (B, Hk, L, D): the layer's keys and values, the new ones written at slot `pos`
+                 pos:int,
+                 valid:torch.Tensor|None=None, # bool (B, ≥ pos + 1): the slots each row attends to besides `pos` (None: all)
+                 scale:float|None=None, # of the scores; default 1/√D
+                 qkv_bias:torch.Tensor|None=None, gate_up_bias:torch.Tensor|None=None) -> torch.Tensor:
+    "A pre-norm SwiGLU block's step for one new token per row, in one kernel call: `x += wo·attend(rope(qkv·rms(x)))`, then `x += down·glu(gate_up·rms(x))`."
+    B, dim = x.shape if x.dim() == 2 else (0, 0)
+    H, Hk, f32 = heads, kv_heads, torch.float32
+    D = wo.k // H if H else 0
+    cs, sn = rope
+    ok = lambda t, n: t is None or (t.dtype == f32 and t.numel() == n and t.is_contiguous())
+    shape = (B, Hk, k_cache.shape[2] if k_cache.dim() == 4 else 0, D)
+    check(B and x.dtype == f32 and x.is_contiguous() and H and Hk and H % Hk == 0 and H * D == wo.k and qkv.shape == ((H + 2 * Hk) * D, dim) and wo.n == dim
+          and gate_up.k == dim and down.shape == (dim, gate_up.n // 2) and gate_up.n % 2 == 0 and ok(norm1[0], dim) and ok(norm2[0], dim)
+          and ok(qkv_bias, qkv.n) and ok(gate_up_bias, gate_up.n) and cs.shape == sn.shape and len(cs) in (1, B) and ok(cs, len(cs) * D) and ok(sn, len(cs) * D),
+          f"decode_block: x {tuple(x.shape)}, {H} heads of {D}, {Hk} key/value heads, the weights, norms, biases or rope tables do not fit one block (all fp32 and contiguous)")
+    check(all(c.dtype == f32 and c.is_contiguous() and c.shape == shape for c in (k_cache, v_cache)) and 0 <= pos < shape[2],
+          f"decode_block: caches {tuple(k_cache.shape)}, {tuple(v_cache.shape)} at slot {pos}: need fp32 contiguous {shape} with the slot inside")
+    check(valid is None or (valid.dtype == torch.bool and valid.dim() == 2 and len(valid) == B and valid.shape[1] > pos), f"decode_block: valid must be bool (B, > {pos}), got {None if valid is None else (valid.dtype, tuple(valid.shape))}")
+    v8 = None if valid is None else valid.contiguous().view(torch.uint8)
+    ptr = lambda t: None if t is None else t.data_ptr()
+    if _kernel().decode_block(qkv.raw.data_ptr(), qkv.qtype, qkv.n, ptr(qkv_bias), norm1[0].data_ptr(), norm1[1], wo.raw.data_ptr(), wo.qtype,
+                              gate_up.raw.data_ptr(), gate_up.qtype, gate_up.n, ptr(gate_up_bias), norm2[0].data_ptr(), norm2[1], down.raw.data_ptr(), down.qtype,
+                              B, dim, H, Hk, D, D ** -0.5 if scale is None else scale, cs.data_ptr(), sn.data_ptr(), D if len(cs) == B > 1 else 0,
+                              k_cache.data_ptr(), v_cache.data_ptr(), shape[2], pos, ptr(v8), 0 if v8 is None else v8.shape[1], x.data_ptr()):
+        raise LLMLiteError(f"decode_block: out of memory for {B} rows")
+    return x
 
 # %% ../nbs/03_packed.ipynb #b64591d4
 @patch
