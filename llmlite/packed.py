@@ -379,8 +379,8 @@ def decode_block(x:torch.Tensor, # fp32 (B, dim), one new token per row: overwri
     cs, sn = rope
     ok = lambda t, n: t is None or (t.dtype == f32 and t.numel() == n and t.is_contiguous())
     shape = (B, Hk, k_cache.shape[2] if k_cache.dim() == 4 else 0, D)
-    check(B and x.dtype == f32 and x.is_contiguous() and H and Hk and H % Hk == 0 and H * D == wo.k and qkv.shape == ((H + 2 * Hk) * D, dim) and wo.n == dim
-          and gate_up.k == dim and down.shape == (dim, gate_up.n // 2) and gate_up.n % 2 == 0 and ok(norm1[0], dim) and ok(norm2[0], dim)
+    check(B and x.dtype == f32 and x.is_contiguous() and H and Hk and H % Hk == 0 and H * D == wo.k and (qkv.n, qkv.k) == ((H + 2 * Hk) * D, dim) and wo.n == dim
+          and gate_up.k == dim and (down.n, down.k) == (dim, gate_up.n // 2) and gate_up.n % 2 == 0 and ok(norm1[0], dim) and ok(norm2[0], dim)
           and ok(qkv_bias, qkv.n) and ok(gate_up_bias, gate_up.n) and cs.shape == sn.shape and len(cs) in (1, B) and ok(cs, len(cs) * D) and ok(sn, len(cs) * D),
           f"decode_block: x {tuple(x.shape)}, {H} heads of {D}, {Hk} key/value heads, the weights, norms, biases or rope tables do not fit one block (all fp32 and contiguous)")
     check(all(c.dtype == f32 and c.is_contiguous() and c.shape == shape for c in (k_cache, v_cache)) and 0 <= pos < shape[2],
