@@ -80,7 +80,7 @@ def stream(a, threads):
     "Median time of one pass over all the matrices a decode step multiplies, per engine."
     from llmlite.models import _fused_blocks
     pm, _ = load(a.model, packed=True)
-    bs = _fused_blocks(pm, None)
+    bs = _fused_blocks(pm, None)[0]
     ws = [w for b in bs for w in (b[1][0], b[2], b[4][0], b[5])] + [pm.head.weight]
     terms = [int4_terms(w.raw, _Q[w.fmt], w.n, w.k) for w in ws]
     dense = [w.dequantize() for w in ws]

@@ -12,7 +12,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from fastcore.basics import patch
 from .core import LLMLiteError, check
 from .attention import RMSNorm, rope_freqs, rope_cos_sin, apply_rope, alibi_slopes, alibi_bias, attn_mask, attend, KVCache
-from .packed import PACKED_ROWS, PackedTensor, join_error, join_rows, packed_mm, decode_block
+from .packed import PACKED_ROWS, PackedTensor, join_error, join_rows, packed_mm, DecodeBlocks
 from .cache import CacheConfig, Cache, layer_budgets
 
 # %% auto #0
@@ -373,8 +373,8 @@ def join_packed(model:nn.Module) -> nn.Module:
     return model
 
 # %% ../nbs/07_models.ipynb #d8bfc368
-def _fused_blocks(m, cache) -> list|None:
-    "Each block's (attention norm, joined q/k/v, wo, MLP norm, joined gate/up, down, activation, score scale) when `_fused` can run them, else None; kept on `cache` for the rest of a generation."
+def _fused_blocks(m, cache) -> tuple|None:
+    "(each block's (attention norm, joined q/k/v, wo, MLP norm, joined gate/up, down, activation, score scale), their `DecodeBlocks` for a decoding step over `cache` or None) when `_fused` can run them, else None; kept on `cache` for the rest of a generation."
     plan = getattr(cache, 'step_plan', None)
     if plan is not None and plan[0] is m: return plan[1]
     c, out = m.cfg, []
@@ -386,20 +386,23 @@ def _fused_blocks(m, cache) -> list|None:
             or any(j[1] is not None and j[1].dtype != torch.float32 for j in (qkv, gu))
             or not all(type(l) is nn.Linear and isinstance(l.weight, PackedTensor) and l.bias is None for l in (a.wo, f.down))): out = None; break
         out.append((b.attn_norm, qkv, a.wo.weight, b.mlp_norm, gu, f.down.weight, f.act, a.scale))
+    if out is not None:
+        step = None if cache is None or any(p[6] is not F.silu for p in out) else DecodeBlocks(
+            [dict(qkv=wqkv, wo=wo, gate_up=wgu, down=down, norm1=(n1.weight, n1.eps), norm2=(n2.weight, n2.eps), scale=scale, qkv_bias=bqkv, gate_up_bias=bgu)
+             for n1, (wqkv, bqkv, _), wo, n2, (wgu, bgu, _), down, _, scale in out], c.n_heads, c.n_kv_heads)
+        out = (out, step)
     if cache is not None: cache.step_plan = (m, out)
     return out
 
-def _fused(m, plan:list, h, pos, mask, cache, last:bool):
-    "`Decoder.forward`'s blocks, norm and head for embeddings `h` (B, T, dim) at positions `pos` (B or 1, T) by `plan` (`_fused_blocks`): one kernel call a block for a decoding step (`decode_block`), else four."
-    c, (B, T, _) = m.cfg, h.shape
+def _fused(m, plan:tuple, h, pos, mask, cache, last:bool):
+    "`Decoder.forward`'s blocks, norm and head for embeddings `h` (B, T, dim) at positions `pos` (B or 1, T) by `plan` (`_fused_blocks`): one kernel call for all blocks in a decoding step (`DecodeBlocks`), else four a block."
+    (plan, step), c, (B, T, _) = plan, m.cfg, h.shape
     H, Hk, D = c.n_heads, c.n_kv_heads, c.head_dim
     rope = (*(t.view(1, D) if pos.numel() == 1 else t.expand(B, T, D).reshape(B * T, D)
               for t in rope_cos_sin(rope_freqs(D, c.rope_base, c.rope_scaling, h.device), pos)), H + Hk)   # fp32 tables, one per row (or one for all): q and k heads
     x = h.reshape(B * T, -1)
-    if T == 1 and type(cache) is KVCache and cache.k[0].dtype == torch.float32 and len(cache.k[0]) == B and all(p[6] is F.silu for p in plan):
-        for i, (n1, (wqkv, bqkv, _), wo, n2, (wgu, bgu, _), down, _, scale) in enumerate(plan):   # a decoding step: one kernel call a block
-            decode_block(x, wqkv, wo, wgu, down, (n1.weight, n1.eps), (n2.weight, n2.eps), H, Hk, rope[:2], cache.k[i], cache.v[i], cache.pos,
-                         mask[:, 0, 0] if torch.is_tensor(mask) else None, scale, bqkv, bgu)
+    if T == 1 and step is not None and cache.k[0].dtype == torch.float32 and len(cache.k[0]) == B:   # a decoding step: one kernel call
+        step(x, rope[:2], cache.k, cache.v, cache.pos, mask[:, 0, 0] if torch.is_tensor(mask) else None)
     else:
         if torch.is_tensor(mask): mask = torch.zeros(mask.shape, dtype=h.dtype, device=h.device).masked_fill_(~mask, float('-inf'))   # as SDPA turns a boolean one, once per call
         for i, (n1, (wqkv, bqkv, _), wo, n2, (wgu, bgu, (G, _)), down, act, scale) in enumerate(plan):

@@ -16,7 +16,7 @@ from .core import LLMLiteError, check
 from .formats import GGUFFile
 
 # %% auto #0
-__all__ = ['PACKABLE', 'PACKED_ROWS', 'build', 'PackedTensor', 'packed_mm', 'packed_linear', 'decode_block', 'join_error',
+__all__ = ['PACKABLE', 'PACKED_ROWS', 'build', 'PackedTensor', 'packed_mm', 'packed_linear', 'DecodeBlocks', 'join_error',
            'join_rows', 'from_blocks', 'packed_gguf']
 
 # %% ../nbs/03_packed.ipynb #90247448
@@ -204,40 +204,97 @@ static inline float dotf(const float *a, const float *b, int64_t n) {
   return s;
 }
 
-/* One decoding step (one new token in each of B rows) through a pre-norm block with joined q/k/v and gate/up weights:
-   x (B, dim) += wo·attention(rope(wqkv·rms(x))); x += down·glu(wgu·rms(x)). The new keys and values go to slot pos of the layer's
-   cache kc, vc (B, Hk, L, D); row b attends to the slots t ≤ pos with valid[b·ldv + t] (all when valid is NULL) and to pos itself.
-   1 if out of memory. */
-int decode_block(const uint8_t *wq, int tq, int64_t nq, const float *bq, const float *g1, float e1, const uint8_t *wo, int to,
-               const uint8_t *wg, int tg, int64_t ng, const float *bg, const float *g2, float e2, const uint8_t *wd, int td,
-               int64_t B, int64_t dim, int64_t H, int64_t Hk, int64_t D, float scale, const float *cs, const float *sn, int64_t ldr,
-               float *kc, float *vc, int64_t L, int64_t pos, const uint8_t *valid, int64_t ldv, float *x) {
+/* Row b, head h's attention output o (D) for query q over the T slots of its key/value head K, V (T, D): softmax(scale · q·K_t) over
+   the slots t with ok[t] (all when ok is NULL) and slot pos, times V; s: T floats of scratch */
+#ifdef __AVX2__
+static inline __m256 exp8(__m256 x) {                    /* e^x, x ≤ 0, to about 2 ulp (Cephes' expf): 2^n · e^r, r = x - n·ln 2 */
+  const __m256 lo = _mm256_set1_ps(-87.33f), ok = _mm256_cmp_ps(x, lo, _CMP_GE_OQ);   /* below: 0 (and -INFINITY, a masked slot) */
+  x = _mm256_max_ps(x, lo);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x));
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f)); p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f)); p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), ok);
+}
+#endif
+static void attend(const float *q, const float *K, const float *V, int64_t T, int64_t D, float scale, const uint8_t *ok, int64_t pos, float *s, float *o) {
+  int64_t t = 0; float mx = -INFINITY, z = 0;
+#ifdef __AVX2__
+  if (D % 8 == 0)
+    for (; t + 4 <= T; t += 4) {                        /* four keys at once, two sums each: eight FMA chains, one reduction */
+      __m256 a[4][2];
+      for (int i = 0; i < 4; i++) { a[i][0] = _mm256_setzero_ps(); a[i][1] = _mm256_setzero_ps(); }
+      int64_t k = 0;
+      for (; k + 16 <= D; k += 16) {
+        const __m256 q0 = _mm256_loadu_ps(q + k), q1 = _mm256_loadu_ps(q + k + 8);
+        for (int i = 0; i < 4; i++) { a[i][0] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(K + (t + i) * D + k), a[i][0]); a[i][1] = _mm256_fmadd_ps(q1, _mm256_loadu_ps(K + (t + i) * D + k + 8), a[i][1]); }
+      }
+      if (k < D) { const __m256 q0 = _mm256_loadu_ps(q + k); for (int i = 0; i < 4; i++) a[i][0] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(K + (t + i) * D + k), a[i][0]); }
+      const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(_mm256_add_ps(a[0][0], a[0][1]), _mm256_add_ps(a[1][0], a[1][1])),
+                                      _mm256_hadd_ps(_mm256_add_ps(a[2][0], a[2][1]), _mm256_add_ps(a[3][0], a[3][1])));
+      _mm_storeu_ps(s + t, _mm_mul_ps(_mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)), _mm_set1_ps(scale)));
+    }
+#endif
+  for (; t < T; t++) s[t] = dotf(q, K + t * D, D) * scale;
+  for (t = 0; t < T; t++) { if (ok && !ok[t] && t != pos) s[t] = -INFINITY; mx = fmaxf(mx, s[t]); }
+  t = 0;
+#ifdef __AVX2__
+  __m256 zv = _mm256_setzero_ps();
+  for (; t + 8 <= T; t += 8) { const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + t), _mm256_set1_ps(mx))); _mm256_storeu_ps(s + t, e); zv = _mm256_add_ps(zv, e); }
+  float zs[8]; _mm256_storeu_ps(zs, zv); for (int i = 0; i < 8; i++) z += zs[i];
+#endif
+  for (; t < T; t++) { s[t] = s[t] == -INFINITY ? 0 : expf(s[t] - mx); z += s[t]; }
+  const float iz = 1 / z; int64_t k = 0;
+#ifdef __AVX2__
+  for (; k + 64 <= D; k += 64) {                        /* 64 outputs in eight registers over all slots */
+    __m256 a[8];
+    for (int j = 0; j < 8; j++) a[j] = _mm256_setzero_ps();
+    for (t = 0; t < T; t++) if (s[t] != 0) { const __m256 w = _mm256_set1_ps(s[t]); for (int j = 0; j < 8; j++) a[j] = _mm256_fmadd_ps(w, _mm256_loadu_ps(V + t * D + k + 8 * j), a[j]); }
+    for (int j = 0; j < 8; j++) _mm256_storeu_ps(o + k + 8 * j, _mm256_mul_ps(a[j], _mm256_set1_ps(iz)));
+  }
+#endif
+  for (; k < D; k++) { float a = 0; for (t = 0; t < T; t++) a += s[t] * V[t * D + k]; o[k] = a * iz; }
+}
+
+/* One block of a decoding stack: its joined q/k/v, wo, joined gate/up and down matrices (types tq..td), the q/k/v and gate/up biases
+   (or NULL), the RMSNorm gains and eps before the attention and the MLP, the score scale and the layer's KV cache kc, vc (B, Hk, L, D) */
+typedef struct { const uint8_t *wq, *wo, *wg, *wd; const float *bq, *g1, *bg, *g2; float *kc, *vc; int64_t nq, ng; float e1, e2, scale; int tq, to, tg, td; } block;
+
+/* One decoding step (one new token in each of B rows) through n pre-norm blocks with joined q/k/v and gate/up weights, each in turn:
+   x (B, dim) += wo·attention(rope(wqkv·rms(x))); x += down·glu(wgu·rms(x)). The new keys and values go to slot pos of each block's
+   cache; row b attends to the slots t ≤ pos with valid[b·ldv + t] (all when valid is NULL) and to pos itself. 1 if out of memory. */
+int decode_blocks(const block *bs, int64_t n, int64_t B, int64_t dim, int64_t H, int64_t Hk, int64_t D, const float *cs, const float *sn, int64_t ldr,
+                  int64_t L, int64_t pos, const uint8_t *valid, int64_t ldv, float *x) {
   const int64_t hd = H * D, T = pos + 1, grp = H / Hk;
+  int64_t nq = 0, ng = 0;
+  for (int64_t l = 0; l < n; l++) { nq = bs[l].nq > nq ? bs[l].nq : nq; ng = bs[l].ng > ng ? bs[l].ng : ng; }
   float *y = malloc(B * nq * sizeof(float)), *o = malloc(B * hd * sizeof(float)), *xb = malloc(B * dim * sizeof(float)),
         *u = malloc(B * ng * sizeof(float)), *p = malloc(B * H * T * sizeof(float));
   int err = !(y && o && xb && u && p);
-  if (!err) err = matmul(wq, tq, nq, dim, x, dim, B, g1, e1, 0, y, nq, bq, NULL, cs, sn, ldr, H + Hk, D);
-  if (!err) {
+  for (int64_t l = 0; l < n && !err; l++) {
+    const block *k = bs + l;
+    err = matmul(k->wq, k->tq, k->nq, dim, x, dim, B, k->g1, k->e1, 0, y, k->nq, k->bq, NULL, cs, sn, ldr, H + Hk, D);
+    if (err) break;
     for (int64_t b = 0; b < B; b++)
       for (int64_t h = 0; h < Hk; h++) {
-        memcpy(kc + ((b * Hk + h) * L + pos) * D, y + b * nq + (H + h) * D, D * sizeof(float));
-        memcpy(vc + ((b * Hk + h) * L + pos) * D, y + b * nq + (H + Hk + h) * D, D * sizeof(float));
+        memcpy(k->kc + ((b * Hk + h) * L + pos) * D, y + b * k->nq + (H + h) * D, D * sizeof(float));
+        memcpy(k->vc + ((b * Hk + h) * L + pos) * D, y + b * k->nq + (H + Hk + h) * D, D * sizeof(float));
       }
     #pragma omp parallel for schedule(static)
     for (int64_t bh = 0; bh < B * H; bh++) {
       const int64_t b = bh / H, h = bh % H;
-      const float *q = y + b * nq + h * D, *K = kc + (b * Hk + h / grp) * L * D, *V = vc + (b * Hk + h / grp) * L * D;
+      const float *q = y + b * k->nq + h * D, *K = k->kc + (b * Hk + h / grp) * L * D, *V = k->vc + (b * Hk + h / grp) * L * D;
       const uint8_t *ok = valid ? valid + b * ldv : NULL;
-      float *s = p + bh * T, mx = -INFINITY, z = 0, *ob = o + b * hd + h * D;
-      for (int64_t t = 0; t < T; t++) { s[t] = ok && !ok[t] && t != pos ? -INFINITY : dotf(q, K + t * D, D) * scale; mx = fmaxf(mx, s[t]); }
-      for (int64_t t = 0; t < T; t++) { s[t] = s[t] == -INFINITY ? 0 : expf(s[t] - mx); z += s[t]; }
-      memset(ob, 0, D * sizeof(float));
-      for (int64_t t = 0; t < T; t++) if (s[t] != 0) { const float w = s[t] / z, *v = V + t * D; for (int64_t k = 0; k < D; k++) ob[k] += w * v[k]; }
+      attend(q, K, V, T, D, k->scale, ok, pos, p + bh * T, o + b * hd + h * D);
     }
-    err = matmul(wo, to, dim, hd, o, hd, B, NULL, 0, 0, xb, dim, NULL, x, NULL, NULL, 0, 0, 0);
+    err = matmul(k->wo, k->to, dim, hd, o, hd, B, NULL, 0, 0, xb, dim, NULL, x, NULL, NULL, 0, 0, 0);
+    if (!err) err = matmul(k->wg, k->tg, k->ng, dim, xb, dim, B, k->g2, k->e2, 0, u, k->ng, k->bg, NULL, NULL, NULL, 0, 0, 0);
+    if (!err) err = matmul(k->wd, k->td, dim, k->ng / 2, u, k->ng, B, NULL, 0, 1, x, dim, NULL, xb, NULL, NULL, 0, 0, 0);
   }
-  if (!err) err = matmul(wg, tg, ng, dim, xb, dim, B, g2, e2, 0, u, ng, bg, NULL, NULL, NULL, 0, 0, 0);
-  if (!err) err = matmul(wd, td, dim, ng / 2, u, ng, B, NULL, 0, 1, x, dim, NULL, xb, NULL, NULL, 0, 0, 0);
   free(y); free(o); free(xb); free(u); free(p);
   return err;
 }
@@ -268,7 +325,7 @@ def build(flags:tuple=_FLAGS) -> ctypes.CDLL:
     lib, P, I = ctypes.CDLL(str(so)), ctypes.c_void_p, ctypes.c_int64
     lib.matmul.argtypes, lib.matmul.restype = [P, ctypes.c_int, I, I, P, I, I, P, ctypes.c_float, ctypes.c_int, P, I, P, P, P, P, I, I, I], ctypes.c_int
     lib.dequant.argtypes, lib.dequant.restype = [P, ctypes.c_int, I, P, I, P], None
-    lib.decode_block.argtypes, lib.decode_block.restype = [P, ctypes.c_int, I, P, P, ctypes.c_float, P, ctypes.c_int, P, ctypes.c_int, I, P, P, ctypes.c_float, P, ctypes.c_int, I, I, I, I, I, ctypes.c_float, P, P, I, P, P, I, I, P, I, P], ctypes.c_int
+    lib.decode_blocks.argtypes, lib.decode_blocks.restype = [P, I, I, I, I, I, I, P, P, I, I, I, P, I, P], ctypes.c_int
     return lib
 
 _kernel = cache(build)
@@ -362,38 +419,55 @@ def __torch_dispatch__(cls:PackedTensor, func, types, args=(), kwargs=None):
     raise NotImplementedError(f"PackedTensor does not support {func}: call `.dequantize()` first (or load with packed=False)")
 
 # %% ../nbs/03_packed.ipynb #73774207
-def decode_block(x:torch.Tensor, # fp32 (B, dim), one new token per row: overwritten with the block's output
-                 qkv:PackedTensor, wo:PackedTensor, gate_up:PackedTensor, down:PackedTensor, # joined q/k/v ((H + 2Hk)·D, dim), wo (dim, H·D), joined gate/up (2F, dim), down (dim, F)
-                 norm1:tuple, norm2:tuple, # (gain, eps) of the RMSNorms before the attention and before the MLP
-                 heads:int, kv_heads:int,
+class _Block(ctypes.Structure):     # the C kernel's `block`, field for field
+    _fields_ = [*((f, ctypes.c_void_p) for f in ('wq', 'wo', 'wg', 'wd', 'bq', 'g1', 'bg', 'g2', 'kc', 'vc')), ('nq', ctypes.c_int64), ('ng', ctypes.c_int64),
+                *((f, ctypes.c_float) for f in ('e1', 'e2', 'scale')), *((f, ctypes.c_int) for f in ('tq', 'to', 'tg', 'td'))]
+
+class DecodeBlocks:
+    "Pre-norm SwiGLU blocks, checked once, whose decoding step (one new token per row) is one kernel call: in each block in turn, `x += wo·attend(rope(qkv·rms(x)))`, then `x += down·glu(gate_up·rms(x))`."
+    def __init__(self, blocks:list, # a dict a block: qkv, wo, gate_up, down (PackedTensor), norm1, norm2 ((gain, eps) of the RMSNorms before the attention and the MLP), and optionally scale (of the scores; default 1/√D), qkv_bias, gate_up_bias
+                 heads:int, kv_heads:int):
+        H, Hk, f32 = heads, kv_heads, torch.float32
+        check(len(blocks) and H > 0 and Hk > 0 and H % Hk == 0, f"DecodeBlocks: {len(blocks)} blocks, {H} heads and {Hk} key/value heads (a divisor of the heads)")
+        dim, D = blocks[0]['wo'].n, blocks[0]['wo'].k // H
+        ok = lambda t, n: t is None or (t.dtype == f32 and t.numel() == n and t.is_contiguous())
+        self.cs, self.blocks, self.H, self.Hk, self.D, self.dim = (_Block * len(blocks))(), blocks, H, Hk, D, dim   # the blocks are kept: the C side points into their tensors
+        for i, (b, c) in enumerate(zip(blocks, self.cs)):
+            miss = {'qkv', 'wo', 'gate_up', 'down', 'norm1', 'norm2'} - b.keys()
+            check(not miss, f"DecodeBlocks: block {i} has no {', '.join(sorted(miss))}")
+            qkv, wo, gu, down, (g1, e1), (g2, e2), bq, bg = (b.get(k) for k in ('qkv', 'wo', 'gate_up', 'down', 'norm1', 'norm2', 'qkv_bias', 'gate_up_bias'))
+            check(all(isinstance(w, PackedTensor) for w in (qkv, wo, gu, down)) and H * D == wo.k and wo.n == dim and (qkv.n, qkv.k) == ((H + 2 * Hk) * D, dim)
+                  and gu.k == dim and gu.n % 2 == 0 and (down.n, down.k) == (dim, gu.n // 2) and ok(g1, dim) and ok(g2, dim) and ok(bq, qkv.n) and ok(bg, gu.n),
+                  f"DecodeBlocks: block {i}'s weights, norms or biases do not fit {H} heads of {D}, {Hk} key/value heads and width {dim} (packed weights; fp32 contiguous norms and biases)")
+            ptr = lambda t: None if t is None else t.data_ptr()
+            c.wq, c.wo, c.wg, c.wd, c.bq, c.g1, c.bg, c.g2 = qkv.raw.data_ptr(), wo.raw.data_ptr(), gu.raw.data_ptr(), down.raw.data_ptr(), ptr(bq), g1.data_ptr(), ptr(bg), g2.data_ptr()
+            c.nq, c.ng, c.e1, c.e2, c.scale = qkv.n, gu.n, e1, e2, b.get('scale') or D ** -0.5
+            c.tq, c.to, c.tg, c.td = qkv.qtype, wo.qtype, gu.qtype, down.qtype
+
+    def __len__(self): return len(self.cs)
+
+    def __call__(self, x:torch.Tensor, # fp32 (B, dim), one new token per row: overwritten with the last block's output
                  rope:tuple, # (cos, sin): fp32 tables (1 or B, D) at the new tokens' positions
-                 k_cache:torch.Tensor, v_cache:torch.Tensor, # fp32 (B, Hk, L, D): the layer's keys and values, the new ones written at slot `pos`
+                 k_caches:list, v_caches:list, # a block's keys and values each: fp32 (B, Hk, L, D), the new ones written at slot `pos`
                  pos:int,
                  valid:torch.Tensor|None=None, # bool (B, ≥ pos + 1): the slots each row attends to besides `pos` (None: all)
-                 scale:float|None=None, # of the scores; default 1/√D
-                 qkv_bias:torch.Tensor|None=None, gate_up_bias:torch.Tensor|None=None) -> torch.Tensor:
-    "A pre-norm SwiGLU block's step for one new token per row, in one kernel call: `x += wo·attend(rope(qkv·rms(x)))`, then `x += down·glu(gate_up·rms(x))`."
-    B, dim = x.shape if x.dim() == 2 else (0, 0)
-    H, Hk, f32 = heads, kv_heads, torch.float32
-    D = wo.k // H if H else 0
-    cs, sn = rope
-    ok = lambda t, n: t is None or (t.dtype == f32 and t.numel() == n and t.is_contiguous())
-    shape = (B, Hk, k_cache.shape[2] if k_cache.dim() == 4 else 0, D)
-    check(B and x.dtype == f32 and x.is_contiguous() and H and Hk and H % Hk == 0 and H * D == wo.k and (qkv.n, qkv.k) == ((H + 2 * Hk) * D, dim) and wo.n == dim
-          and gate_up.k == dim and (down.n, down.k) == (dim, gate_up.n // 2) and gate_up.n % 2 == 0 and ok(norm1[0], dim) and ok(norm2[0], dim)
-          and ok(qkv_bias, qkv.n) and ok(gate_up_bias, gate_up.n) and cs.shape == sn.shape and len(cs) in (1, B) and ok(cs, len(cs) * D) and ok(sn, len(cs) * D),
-          f"decode_block: x {tuple(x.shape)}, {H} heads of {D}, {Hk} key/value heads, the weights, norms, biases or rope tables do not fit one block (all fp32 and contiguous)")
-    check(all(c.dtype == f32 and c.is_contiguous() and c.shape == shape for c in (k_cache, v_cache)) and 0 <= pos < shape[2],
-          f"decode_block: caches {tuple(k_cache.shape)}, {tuple(v_cache.shape)} at slot {pos}: need fp32 contiguous {shape} with the slot inside")
-    check(valid is None or (valid.dtype == torch.bool and valid.dim() == 2 and len(valid) == B and valid.shape[1] > pos), f"decode_block: valid must be bool (B, > {pos}), got {None if valid is None else (valid.dtype, tuple(valid.shape))}")
-    v8 = None if valid is None else valid.contiguous().view(torch.uint8)
-    ptr = lambda t: None if t is None else t.data_ptr()
-    if _kernel().decode_block(qkv.raw.data_ptr(), qkv.qtype, qkv.n, ptr(qkv_bias), norm1[0].data_ptr(), norm1[1], wo.raw.data_ptr(), wo.qtype,
-                              gate_up.raw.data_ptr(), gate_up.qtype, gate_up.n, ptr(gate_up_bias), norm2[0].data_ptr(), norm2[1], down.raw.data_ptr(), down.qtype,
-                              B, dim, H, Hk, D, D ** -0.5 if scale is None else scale, cs.data_ptr(), sn.data_ptr(), D if len(cs) == B > 1 else 0,
-                              k_cache.data_ptr(), v_cache.data_ptr(), shape[2], pos, ptr(v8), 0 if v8 is None else v8.shape[1], x.data_ptr()):
-        raise LLMLiteError(f"decode_block: out of memory for {B} rows")
-    return x
+                 ) -> torch.Tensor:
+        B, D, f32 = len(x), self.D, torch.float32
+        cs, sn = rope
+        check(x.dtype == f32 and x.is_contiguous() and x.shape == (B, self.dim) and B and cs.shape == sn.shape and len(cs) in (1, B) and all(t.dtype == f32 and t.is_contiguous() and t.shape == (len(cs), D) for t in rope),
+              f"DecodeBlocks: x {tuple(x.shape)} {x.dtype} and rope tables {tuple(cs.shape)} must be fp32 contiguous (B, {self.dim}) and (1 or B, {D})")
+        L = k_caches[0].shape[2] if len(k_caches) and k_caches[0].dim() == 4 else 0
+        shape = (B, self.Hk, L, D)
+        check(len(k_caches) == len(v_caches) == len(self) and all(c.dtype == f32 and c.is_contiguous() and c.shape == shape for c in (*k_caches, *v_caches)) and 0 <= pos < L,
+              f"DecodeBlocks: {len(k_caches)} key and {len(v_caches)} value caches (first {tuple(k_caches[0].shape) if len(k_caches) else None}) at slot {pos}: need {len(self)} each, fp32 contiguous {shape} with the slot inside")
+        check(valid is None or (valid.dtype == torch.bool and valid.dim() == 2 and len(valid) == B and valid.shape[1] > pos), f"DecodeBlocks: valid must be bool (B, > {pos}), got {None if valid is None else (valid.dtype, tuple(valid.shape))}")
+        for c, k, v in zip(self.cs, k_caches, v_caches): c.kc, c.vc = k.data_ptr(), v.data_ptr()
+        v8 = None if valid is None else valid.contiguous().view(torch.uint8)
+        if _kernel().decode_blocks(ctypes.addressof(self.cs), len(self), B, self.dim, self.H, self.Hk, D, cs.data_ptr(), sn.data_ptr(), D if len(cs) == B > 1 else 0,
+                                   L, pos, None if v8 is None else v8.data_ptr(), 0 if v8 is None else v8.shape[1], x.data_ptr()):
+            raise LLMLiteError(f"DecodeBlocks: out of memory for {B} rows")
+        return x
+
 
 # %% ../nbs/03_packed.ipynb #b64591d4
 @patch
