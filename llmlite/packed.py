@@ -63,27 +63,77 @@ void dequant(const uint8_t *w, int t, int64_t K, const int64_t *rows, int64_t n,
   }
 }
 
+#ifdef __AVX2__
+static inline __m256 exp8(__m256 x) {                    /* e^x, x ≤ 0, to about 2 ulp (Cephes' expf): 2^n · e^r, r = x - n·ln 2 */
+  const __m256 lo = _mm256_set1_ps(-87.33f), ok = _mm256_cmp_ps(x, lo, _CMP_GE_OQ);   /* below: 0 (and -INFINITY, a masked slot) */
+  x = _mm256_max_ps(x, lo);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x));
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f)); p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f)); p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), ok);
+}
+#endif
+
 /* Row i of the kernel's input from x (rows of stride ldx): the row as it is, or silu(x[:K]) * x[K:] (glu: a gated MLP's
    activation), then with a gain g times g / rms (RMSNorm: rms = sqrt(mean of squares + eps)) */
 static void prepare(const float *x, int64_t K, const float *g, float eps, int glu, float *out) {
-  if (glu) for (int64_t k = 0; k < K; k++) out[k] = x[k] / (1 + expf(-x[k])) * x[K + k];
+  int64_t k = 0;
+  if (glu) {
+#ifdef __AVX2__
+    for (; k + 8 <= K; k += 8) {                          /* silu(a) = a·σ(a), σ(a) = 1 / (1 + e) for a ≥ 0, else e / (1 + e), e = e^-|a| ≤ 1 */
+      const __m256 a = _mm256_loadu_ps(x + k), e = exp8(_mm256_or_ps(a, _mm256_set1_ps(-0.f)));
+      const __m256 sg = _mm256_div_ps(_mm256_blendv_ps(e, _mm256_set1_ps(1), _mm256_cmp_ps(a, _mm256_setzero_ps(), _CMP_GE_OQ)), _mm256_add_ps(e, _mm256_set1_ps(1)));
+      _mm256_storeu_ps(out + k, _mm256_mul_ps(_mm256_mul_ps(a, sg), _mm256_loadu_ps(x + K + k)));
+    }
+#endif
+    for (; k < K; k++) out[k] = x[k] / (1 + expf(-x[k])) * x[K + k];
+  }
   else memcpy(out, x, K * sizeof(float));
   if (!g) return;
-  double s = 0;
-  for (int64_t k = 0; k < K; k++) s += (double)out[k] * out[k];
+  double s = 0; k = 0;
+#ifdef __AVX2__
+  __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();   /* the squares summed in doubles, eight at a time */
+  for (; k + 8 <= K; k += 8) {
+    const __m256 v = _mm256_loadu_ps(out + k);
+    const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+    s0 = _mm256_fmadd_pd(lo, lo, s0); s1 = _mm256_fmadd_pd(hi, hi, s1);
+  }
+  double sd[4]; _mm256_storeu_pd(sd, _mm256_add_pd(s0, s1)); s = sd[0] + sd[1] + sd[2] + sd[3];
+#endif
+  for (; k < K; k++) s += (double)out[k] * out[k];
   const float r = 1 / sqrtf((float)(s / K) + eps);
-  for (int64_t k = 0; k < K; k++) out[k] = out[k] * r * g[k];
+  for (k = 0; k < K; k++) out[k] = out[k] * r * g[k];
 }
 
 /* The activations as int16 codes, each block of 32 values with its own step xd = amax/32767 (a relative 2^-16 of the block's
-   largest value: llama.cpp rounds to int8 here, 2^-8), and xs = xd · (the sum of its codes), stored block-major (row i of block b at
-   b·ls + i) so that a tile's rows read theirs at once */
+   largest value: llama.cpp rounds to int8 here, 2^-8), rounded to nearest (ties to even), and xs = xd · (the sum of its codes),
+   stored block-major (row i of block b at b·ls + i) so that a tile's rows read theirs at once */
 static void quant_acts(const float *x, int64_t M, int64_t nb, int16_t *xq, float *xd, float *xs, int64_t ls) {
   for (int64_t i = 0; i < M * nb; i++) {
-    const float *v = x + i * 32; float a = 0;
+    const float *v = x + i * 32; float a = 0; int s = 0;
+#ifdef __AVX2__
+    __m256 f[4], m = _mm256_setzero_ps();
+    for (int j = 0; j < 4; j++) { f[j] = _mm256_loadu_ps(v + 8 * j); m = _mm256_max_ps(m, _mm256_andnot_ps(_mm256_set1_ps(-0.f), f[j])); }
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h)); h = _mm_max_ss(h, _mm_movehdup_ps(h)); a = _mm_cvtss_f32(h);
+    const __m256 id = _mm256_set1_ps(a > 0 ? 32767 / a : 0);
+    __m256i q[4], t;
+    for (int j = 0; j < 4; j++) q[j] = _mm256_cvtps_epi32(_mm256_mul_ps(f[j], id));
+    t = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+    __m128i u = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+    u = _mm_add_epi32(u, _mm_shuffle_epi32(u, 0x4e)); u = _mm_add_epi32(u, _mm_shuffle_epi32(u, 0xb1)); s = _mm_cvtsi128_si32(u);
+    _mm256_storeu_si256((__m256i *)(xq + i * 32), _mm256_permute4x64_epi64(_mm256_packs_epi32(q[0], q[1]), 0xd8));
+    _mm256_storeu_si256((__m256i *)(xq + i * 32 + 16), _mm256_permute4x64_epi64(_mm256_packs_epi32(q[2], q[3]), 0xd8));
+#else
     for (int j = 0; j < 32; j++) a = fmaxf(a, fabsf(v[j]));
-    const float id = a > 0 ? 32767 / a : 0; int s = 0;
-    for (int j = 0; j < 32; j++) { const int q = (int)roundf(v[j] * id); xq[i * 32 + j] = (int16_t)q; s += q; }
+    const float id = a > 0 ? 32767 / a : 0;
+    for (int j = 0; j < 32; j++) { const int q = (int)nearbyintf(v[j] * id); xq[i * 32 + j] = (int16_t)q; s += q; }
+#endif
     xd[i] = a / 32767; xs[i % nb * ls + i / nb] = xd[i] * s;
   }
 }
@@ -206,21 +256,6 @@ static inline float dotf(const float *a, const float *b, int64_t n) {
 
 /* Row b, head h's attention output o (D) for query q over the T slots of its key/value head K, V (T, D): softmax(scale · q·K_t) over
    the slots t with ok[t] (all when ok is NULL) and slot pos, times V; s: T floats of scratch */
-#ifdef __AVX2__
-static inline __m256 exp8(__m256 x) {                    /* e^x, x ≤ 0, to about 2 ulp (Cephes' expf): 2^n · e^r, r = x - n·ln 2 */
-  const __m256 lo = _mm256_set1_ps(-87.33f), ok = _mm256_cmp_ps(x, lo, _CMP_GE_OQ);   /* below: 0 (and -INFINITY, a masked slot) */
-  x = _mm256_max_ps(x, lo);
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x));
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f)); p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f)); p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), ok);
-}
-#endif
 static void attend(const float *q, const float *K, const float *V, int64_t T, int64_t D, float scale, const uint8_t *ok, int64_t pos, float *s, float *o) {
   int64_t t = 0; float mx = -INFINITY, z = 0;
 #ifdef __AVX2__
