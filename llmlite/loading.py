@@ -119,7 +119,7 @@ def load_gguf(path, dtype=None, device=None, quant:dict|None=None,
     with torch.device('meta'): model = Decoder(cfg)
     check_shapes(model, ((path, t, km.inv(t), shape) for t, (shape, _, _) in g.tensors.items()))
     stream_into(model, gguf_items(g, cfg, packed, dtype or torch.float32), dtype, device, quant)
-    if packed: join_packed(model)      # q/k/v and gate/up as one packed matrix each: four kernel calls a block, one when decoding (`decode_block`)
+    if packed: join_packed(model)      # q/k/v and gate/up as one packed matrix each: four kernel calls a block, one for all blocks when decoding (`DecodeBlocks`)
     tok = Tokenizer.from_gguf(g) if 'tokenizer.ggml.tokens' in g.meta else None
     trim_heap()   # the temporaries of unpacking: 200 MB after packing SmolLM2-135M
     return check_loaded(model, str(path)), tok
