@@ -11,7 +11,6 @@ from collections import deque
 from numbers import Real
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
-import matplotlib.pyplot as plt
 from torch.distributed.tensor import DTensor
 from fastcore.basics import patch, store_attr
 from .core import check, train_mode, native_bf16
@@ -432,6 +431,7 @@ def plot_curves(log:list, fname=None):
     last = {r['step']: r for r in rows if r['step'] not in skipped}     # a step run again after a rollback: its last run counts
     kept, undone = sorted(last.values(), key=lambda r: r['step']), [r for r in rows if last.get(r['step']) is not r]
     evs = _eval_curves(log)
+    import matplotlib.pyplot as plt      # here, not at the top: 0.6 s of import that only plotting needs (every CLI job imports this module)
     fig, (a, b, *c) = plt.subplots(1, 3 if evs else 2, figsize=(15 if evs else 10, 3.5))
     a.plot([r['step'] for r in kept], [r['loss'] for r in kept], lw=1); a.set(xlabel='step', ylabel='loss', title='training loss')
     if undone: a.scatter([r['step'] for r in undone], [r['loss'] for r in undone], s=4, c='grey', label='rolled back'); a.legend()
