@@ -292,7 +292,11 @@ static void attend(const float *q, const float *K, const float *V, int64_t T, in
     for (int j = 0; j < 8; j++) _mm256_storeu_ps(o + k + 8 * j, _mm256_mul_ps(a[j], _mm256_set1_ps(iz)));
   }
 #endif
-  for (; k < D; k++) { float a = 0; for (t = 0; t < T; t++) a += s[t] * V[t * D + k]; o[k] = a * iz; }
+  if (k < D) {                                          /* the rest (all of it without AVX2): slot by slot, each V row read in order */
+    memset(o + k, 0, (D - k) * sizeof(float));
+    for (t = 0; t < T; t++) if (s[t] != 0) for (int64_t j = k; j < D; j++) o[j] += s[t] * V[t * D + j];
+    for (int64_t j = k; j < D; j++) o[j] *= iz;
+  }
 }
 
 /* One block of a decoding stack: its joined q/k/v, wo, joined gate/up and down matrices (types tq..td), the q/k/v and gate/up biases
@@ -464,17 +468,18 @@ class DecodeBlocks:
                  heads:int, kv_heads:int):
         H, Hk, f32 = heads, kv_heads, torch.float32
         check(len(blocks) and H > 0 and Hk > 0 and H % Hk == 0, f"DecodeBlocks: {len(blocks)} blocks, {H} heads and {Hk} key/value heads (a divisor of the heads)")
-        dim, D = blocks[0]['wo'].n, blocks[0]['wo'].k // H
-        ok = lambda t, n: t is None or (t.dtype == f32 and t.numel() == n and t.is_contiguous())
-        self.cs, self.blocks, self.H, self.Hk, self.D, self.dim = (_Block * len(blocks))(), blocks, H, Hk, D, dim   # the blocks are kept: the C side points into their tensors
-        for i, (b, c) in enumerate(zip(blocks, self.cs)):
+        for i, b in enumerate(blocks):
             miss = {'qkv', 'wo', 'gate_up', 'down', 'norm1', 'norm2'} - b.keys()
             check(not miss, f"DecodeBlocks: block {i} has no {', '.join(sorted(miss))}")
+        dim, D = blocks[0]['wo'].n, blocks[0]['wo'].k // H
+        ok = lambda t, n: t is None or (t.dtype == f32 and t.numel() == n and t.is_contiguous())
+        ptr = lambda t: None if t is None else t.data_ptr()
+        self.cs, self.blocks, self.H, self.Hk, self.D, self.dim = (_Block * len(blocks))(), blocks, H, Hk, D, dim   # the blocks are kept: the C side points into their tensors
+        for i, (b, c) in enumerate(zip(blocks, self.cs)):
             qkv, wo, gu, down, (g1, e1), (g2, e2), bq, bg = (b.get(k) for k in ('qkv', 'wo', 'gate_up', 'down', 'norm1', 'norm2', 'qkv_bias', 'gate_up_bias'))
             check(all(isinstance(w, PackedTensor) for w in (qkv, wo, gu, down)) and H * D == wo.k and wo.n == dim and (qkv.n, qkv.k) == ((H + 2 * Hk) * D, dim)
                   and gu.k == dim and gu.n % 2 == 0 and (down.n, down.k) == (dim, gu.n // 2) and ok(g1, dim) and ok(g2, dim) and ok(bq, qkv.n) and ok(bg, gu.n),
                   f"DecodeBlocks: block {i}'s weights, norms or biases do not fit {H} heads of {D}, {Hk} key/value heads and width {dim} (packed weights; fp32 contiguous norms and biases)")
-            ptr = lambda t: None if t is None else t.data_ptr()
             c.wq, c.wo, c.wg, c.wd, c.bq, c.g1, c.bg, c.g2 = qkv.raw.data_ptr(), wo.raw.data_ptr(), gu.raw.data_ptr(), down.raw.data_ptr(), ptr(bq), g1.data_ptr(), ptr(bg), g2.data_ptr()
             c.nq, c.ng, c.e1, c.e2, c.scale = qkv.n, gu.n, e1, e2, b.get('scale') or D ** -0.5
             c.tq, c.to, c.tg, c.td = qkv.qtype, wo.qtype, gu.qtype, down.qtype
